@@ -1,0 +1,33 @@
+"""The error hierarchy that both servers map to protocol status codes (one place each)."""
+
+
+class FpnlinkError(Exception):
+    """Base class of every error fpnlink raises on purpose."""
+
+
+class BadFrameError(FpnlinkError, ValueError):
+    """A frame or payload is malformed, truncated, inconsistent or has wrong shapes."""
+
+
+class CodecError(BadFrameError):
+    """A codec payload cannot be decoded (corrupt, truncated, lying header)."""
+
+
+class UnsupportedError(FpnlinkError):
+    """The request names a codec, task or model this service does not hold."""
+
+
+class FingerprintMismatchError(FpnlinkError):
+    """The frame was produced by a backbone or codec whose fingerprint the receiver does not hold."""
+
+
+class LimitExceededError(FpnlinkError):
+    """A size limit (frame bytes, image pixels, tensor elements) is exceeded."""
+
+
+class WeightsError(FpnlinkError):
+    """Weights cannot be resolved, downloaded or verified."""
+
+
+class NotReadyError(FpnlinkError):
+    """The service has not finished its setup yet."""

@@ -1,0 +1,1 @@
+"""Offline tools: the ``fpnlink`` command (demo, benchmarks, data, training)."""
