@@ -1,0 +1,11 @@
+"""Feature codecs behind one interface, registered by name."""
+
+from .base import DTYPES, FeatureCodec, ScaleRecord
+from .quant import QuantCodec
+from .raw import Raw16Codec, RawCodec
+from .registry import available_codecs, make_codec, register_codec
+
+__all__ = [
+    "DTYPES", "FeatureCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
+    "available_codecs", "make_codec", "register_codec",
+]
