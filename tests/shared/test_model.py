@@ -1,0 +1,100 @@
+"""The split model reproduces the monolith; weight sources resolve or fail clearly."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from fpnlink.shared.errors import UnsupportedError, WeightsError
+from fpnlink.shared.model import ARCHS, TRANSMITTED_SCALES, ModelConfig, load_bundle, recompute_pool, split
+from fpnlink.shared.model.zoo import BUNDLE_FORMAT
+
+
+class TestSplit:
+    @pytest.mark.parametrize("arch", ARCHS)
+    def test_halves_reproduce_monolith(self, tiny_bundle, tiny_image, arch):
+        model = tiny_bundle.models[arch]
+        with torch.inference_mode():
+            expected = model([tiny_image])[0]
+            edge, cloud = split(model)
+            features, image_sizes, original_sizes = edge([tiny_image])
+            got = cloud(features, image_sizes, original_sizes)[0]
+        assert expected["boxes"].shape[0] > 0, "random weights should still produce detections"
+        assert set(got) == set(expected)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+
+    def test_edge_never_produces_pool(self, tiny_bundle, tiny_image):
+        features, _, _ = tiny_bundle.edge_half(["detect"])([tiny_image])
+        assert tuple(features) == TRANSMITTED_SCALES
+
+    def test_pool_is_maxpool_of_p5(self, tiny_bundle, tiny_image):
+        model = tiny_bundle.models["faster"]
+        with torch.inference_mode():
+            images, _ = model.transform([tiny_image])
+            full = model.backbone(images.tensors)
+        torch.testing.assert_close(recompute_pool(full["3"]), full["pool"], rtol=0, atol=0)
+
+
+class TestBundle:
+    def test_random_weights_are_deterministic_and_untrained(self, tiny_bundle):
+        again = load_bundle("random:0", tiny_bundle.config, archs=("faster",))
+        assert again.backbone_fingerprints["faster"] == tiny_bundle.backbone_fingerprints["faster"]
+        assert not tiny_bundle.trained
+        other = load_bundle("random:1", tiny_bundle.config, archs=("faster",))
+        assert other.backbone_fingerprints["faster"] != again.backbone_fingerprints["faster"]
+
+    def test_one_backbone_serves_all_tasks(self, tiny_bundle):
+        assert len(set(tiny_bundle.backbone_fingerprints.values())) == 1
+        assert tiny_bundle.backbone_fingerprint_for(["detect", "segment", "keypoints"])
+
+    def test_fingerprint_depends_on_input_config(self, tiny_bundle):
+        wider = load_bundle("random:0", ModelConfig(min_size=160, max_size=160, detections_per_img=5), ("faster",))
+        assert wider.backbone_fingerprints["faster"] != tiny_bundle.backbone_fingerprints["faster"]
+
+    def test_unknown_task_is_rejected(self, tiny_bundle):
+        with pytest.raises(UnsupportedError, match="subset"):
+            tiny_bundle.archs_for(["classify"])
+
+    def test_checkpoint_round_trip(self, tiny_bundle, tmp_path):
+        single = tmp_path / "mask.pt"
+        torch.save(tiny_bundle.models["mask"].state_dict(), single)
+        loaded = load_bundle(str(single), tiny_bundle.config, archs=("mask",))
+        assert loaded.backbone_fingerprints["mask"] == tiny_bundle.backbone_fingerprints["mask"]
+        assert loaded.trained
+
+        bundle_file = tmp_path / "bundle.pt"
+        states = {arch: model.state_dict() for arch, model in tiny_bundle.models.items()}
+        torch.save({"format": BUNDLE_FORMAT, "models": states, "meta": {}}, bundle_file)
+        loaded = load_bundle(str(bundle_file), tiny_bundle.config)
+        assert loaded.head_fingerprints == tiny_bundle.head_fingerprints
+        assert loaded.models["faster"].backbone is loaded.models["keypoint"].backbone
+
+    @pytest.mark.parametrize("source, message", [
+        ("random:x", "random:SEED"),
+        ("/nonexistent/ckpt.pt", "no checkpoint"),
+    ])
+    def test_bad_sources(self, source, message):
+        with pytest.raises(WeightsError, match=message):
+            load_bundle(source, ModelConfig(min_size=64, max_size=64), archs=("faster",))
+
+    def test_corrupt_checkpoint(self, tmp_path):
+        path = tmp_path / "bad.pt"
+        path.write_bytes(b"not a checkpoint")
+        with pytest.raises(WeightsError, match="cannot read"):
+            load_bundle(str(path), ModelConfig(min_size=64, max_size=64), archs=("faster",))
+
+    def test_coco_offline_names_the_file(self, monkeypatch, tmp_path):
+        def offline(url, *args, **kwargs):
+            raise urllib.error.URLError("network unreachable")
+
+        monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+        monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+        with pytest.raises(WeightsError, match="fasterrcnn_resnet50_fpn_coco"):
+            load_bundle("coco", ModelConfig(min_size=64, max_size=64), archs=("faster",))
+
+    def test_bad_config(self):
+        with pytest.raises(ValueError, match="min_size"):
+            ModelConfig(min_size=10)
