@@ -112,10 +112,9 @@ class ModelBundle:
     head_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        transform_tag = repr(self.config)
         for arch, model in self.models.items():
             model.eval()
-            self.backbone_fingerprints[arch] = hash_state(model.backbone.state_dict(), transform_tag)
+            self.backbone_fingerprints[arch] = hash_state(model.backbone.state_dict(), _transform_tag(model))
             heads = {f"rpn.{k}": v for k, v in model.rpn.state_dict().items()}
             heads.update({f"roi.{k}": v for k, v in model.roi_heads.state_dict().items()})
             self.head_fingerprints[arch] = hash_state(heads)
@@ -152,6 +151,13 @@ class ModelBundle:
             raise UnsupportedError(f"no {arch!r} model in weights {self.weights!r}")
         _, cloud = split(self.models[arch])
         return cloud
+
+
+def _transform_tag(model: GeneralizedRCNN) -> str:
+    """The edge transform's settings (what shapes the features), not head settings such as detections_per_img."""
+    t = model.transform
+    return (f"transform:min_size={tuple(t.min_size)},max_size={t.max_size},mean={list(t.image_mean)},"
+            f"std={list(t.image_std)},size_divisible={t.size_divisible},fixed_size={t.fixed_size}")
 
 
 def _build(arch: str, num_classes: int, config: ModelConfig, **kwargs: Any) -> GeneralizedRCNN:
