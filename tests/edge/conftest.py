@@ -102,13 +102,15 @@ def peer() -> Iterator[tuple[EchoServicer, str, health.HealthServicer]]:
         server.stop(grace=None)
 
 
-def _serve(servicer: EchoServicer) -> tuple[grpc.Server, str, health.HealthServicer]:
+def _serve(servicer: EchoServicer, health_service: str | None = SERVICE_NAME,
+           ) -> tuple[grpc.Server, str, health.HealthServicer]:
     limits = [("grpc.max_send_message_length", DEFAULT_MAX_FRAME_BYTES),
               ("grpc.max_receive_message_length", DEFAULT_MAX_FRAME_BYTES)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=limits)
     pb_grpc.add_FeatureLinkServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    if health_service is not None:  # the overall status "" is SERVING from the start
+        health_servicer.set(health_service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -116,12 +118,12 @@ def _serve(servicer: EchoServicer) -> tuple[grpc.Server, str, health.HealthServi
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[EchoServicer], str]]:
-    """Start a given servicer on loopback and return its target; stopped after the test."""
+def serve() -> Iterator[Callable[..., str]]:
+    """Start a servicer (a fresh EchoServicer by default) on loopback and return its target."""
     servers = []
 
-    def start(servicer: EchoServicer) -> str:
-        server, target, _ = _serve(servicer)
+    def start(servicer: EchoServicer | None = None, health_service: str | None = SERVICE_NAME) -> str:
+        server, target, _ = _serve(servicer or EchoServicer(), health_service)
         servers.append(server)
         return target
 
