@@ -1,0 +1,118 @@
+"""Every Prometheus object of the cloud service, on a dedicated registry, updated through record methods.
+
+The transports call the ``record_*`` methods after each request; a failing metric update is logged and
+swallowed, never failing the request. Each :class:`CloudMetrics` owns its own ``CollectorRegistry``, so
+several servers can live in one process (tests, the in-process demo).
+
+=====================================  =========  =====================  ==========================================
+metric                                 type       labels                 what
+=====================================  =========  =====================  ==========================================
+``fpnlink_cloud_frames_total``         counter    transport, codec       frames answered with a result
+``fpnlink_cloud_frame_bytes_total``    counter    transport, codec       serialized bytes of those frames
+``fpnlink_cloud_frame_bytes_size``     histogram  transport              serialized frame size
+``fpnlink_cloud_images_total``         counter    transport              images analyzed (REST ``/v1/analyze``)
+``fpnlink_cloud_stage_seconds``        histogram  stage                  decode, backbone, heads, total
+``fpnlink_cloud_errors_total``         counter    transport, code        failed requests by gRPC status name
+``fpnlink_cloud_scale_phi``            gauge      scale                  rate parameter of the last frame
+``fpnlink_cloud_scale_planned_bits``   histogram  scale                  edge's planned bits (when planned)
+``fpnlink_cloud_scale_actual_bits``    histogram  scale                  ``8 * len(payload)``
+``fpnlink_cloud_ready``                gauge                             1 once the engine is warmed up
+=====================================  =========  =====================  ==========================================
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import ParamSpec
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from fpnlink.shared.model.split import SCALE_NAMES
+from fpnlink.shared.wire import pb
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+NAMESPACE = "fpnlink_cloud"
+BYTE_BUCKETS = tuple(float(4**k * 1024) for k in range(10))  # 1 KiB .. 256 MiB
+BIT_BUCKETS = tuple(float(4**k * 8 * 1024) for k in range(10))
+SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _never_raise(method: Callable[P, None]) -> Callable[P, None]:
+    """A metric update that fails is logged, never propagated to the request."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:  # an observer must not fail the request
+            logger.exception("metric update %s failed", method.__name__)
+
+    return wrapper
+
+
+class CloudMetrics:
+    """The service's metric objects and the functions that record into them.
+
+    Args:
+        registry: where the metrics live; a fresh ``CollectorRegistry`` when omitted.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        kw = {"namespace": NAMESPACE, "registry": self.registry}
+        self.frames = Counter("frames", "Frames answered with a result.", ["transport", "codec"], **kw)
+        self.frame_bytes_total = Counter("frame_bytes", "Serialized frame bytes received (answered frames).",
+                                         ["transport", "codec"], **kw)
+        self.frame_bytes = Histogram("frame_bytes_size", "Serialized frame size in bytes.", ["transport"],
+                                     buckets=BYTE_BUCKETS, **kw)
+        self.images = Counter("images", "Images analyzed without coding.", ["transport"], **kw)
+        self.stage_seconds = Histogram("stage_seconds", "Cloud stage latency.", ["stage"], buckets=SECOND_BUCKETS,
+                                       **kw)
+        self.errors = Counter("errors", "Failed requests by gRPC status code name.", ["transport", "code"], **kw)
+        self.scale_phi = Gauge("scale_phi", "Rate parameter phi of the last frame, per FPN scale.", ["scale"], **kw)
+        self.scale_planned_bits = Histogram("scale_planned_bits", "Bits the edge planned per scale (when planned).",
+                                            ["scale"], buckets=BIT_BUCKETS, **kw)
+        self.scale_actual_bits = Histogram("scale_actual_bits", "Payload bits per scale (8 * payload bytes).",
+                                           ["scale"], buckets=BIT_BUCKETS, **kw)
+        self.ready = Gauge("ready", "1 once the engine is loaded and warmed up.", **kw)
+
+    @_never_raise
+    def record_frame(self, transport: str, frame: pb.FeatureFrame, result: pb.Result) -> None:
+        """An answered frame: counts, bytes, stage latencies and per-scale rate."""
+        self.frames.labels(transport, frame.codec).inc()
+        self.frame_bytes_total.labels(transport, frame.codec).inc(result.frame_bytes)
+        self.frame_bytes.labels(transport).observe(result.frame_bytes)
+        self._record_stages(result)
+        for scale in frame.scales:
+            label = SCALE_NAMES.get(scale.name, scale.name)
+            self.scale_phi.labels(label).set(scale.phi)
+            self.scale_actual_bits.labels(label).observe(8 * len(scale.payload))
+            if scale.planned_bits:
+                self.scale_planned_bits.labels(label).observe(scale.planned_bits)
+
+    @_never_raise
+    def record_image(self, transport: str, result: pb.Result) -> None:
+        """An image analyzed without coding."""
+        self.images.labels(transport).inc()
+        self._record_stages(result)
+
+    @_never_raise
+    def record_error(self, transport: str, code: str) -> None:
+        """A failed request, by gRPC status code name (e.g. ``INVALID_ARGUMENT``)."""
+        self.errors.labels(transport, code).inc()
+
+    @_never_raise
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(1.0 if ready else 0.0)
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def _record_stages(self, result: pb.Result) -> None:
+        for stage, ms in result.stage_ms.items():
+            self.stage_seconds.labels(stage).observe(ms / 1e3)
