@@ -1,0 +1,74 @@
+"""The cloud's settings: the only place it reads environment variables (prefix ``FPNLINK_CLOUD_``).
+
+Every field is also an argument of :class:`CloudSettings`, and ``fpnlink-cloud serve`` flags override the
+environment. Library code receives plain values from here and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fpnlink.shared.model import ModelConfig
+
+MiB = 1024 * 1024
+MAX_GRPC_MESSAGE = 2**31 - 1
+"""gRPC message-size options are 32-bit signed integers."""
+
+
+class CloudSettings(BaseSettings):
+    """Settings of one cloud process (gRPC + REST over one engine).
+
+    Attributes:
+        host: interface both servers bind (``0.0.0.0`` in containers).
+        grpc_port, http_port: 0 binds an ephemeral port (tests); the bound ports are reported back.
+        weights: ``random:SEED`` (untrained), ``coco``, ``synthetic`` or a checkpoint path.
+        min_size, max_size, detections_per_img, score_thresh: model settings (see ``ModelConfig``); the edge
+            must resize with the same min/max size, which the backbone fingerprint checks.
+        device: torch device of the heads, e.g. ``cpu`` or ``cuda``.
+        codecs: codec names served; every registered codec when omitted.
+        max_frame_bytes: cap on a serialized frame, gRPC message size limits included.
+        max_upload_bytes, max_image_pixels: caps on ``POST /v1/analyze`` uploads.
+        threads: torch intra-op threads; torch's default when omitted.
+        workers: engine threads (concurrent frames).
+        max_concurrent_rpcs: gRPC calls in flight (a stream counts once) before RESOURCE_EXHAUSTED.
+        cache_size: recent results kept for resent frames.
+        warmup: run every model once before reporting ready.
+        grace_s: seconds in-flight requests get at shutdown.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FPNLINK_CLOUD_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    weights: str = "random:0"
+    min_size: int = Field(800, ge=32, le=4096)
+    max_size: int = Field(1333, ge=32, le=4096)
+    detections_per_img: int = Field(100, ge=1)
+    score_thresh: float = Field(0.05, ge=0.0, le=1.0)
+    device: str = "cpu"
+    codecs: list[str] | None = None
+    max_frame_bytes: int = Field(256 * MiB, ge=1024, le=MAX_GRPC_MESSAGE)
+    max_upload_bytes: int = Field(32 * MiB, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    threads: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1, le=64)
+    max_concurrent_rpcs: int = Field(64, ge=1)
+    cache_size: int = Field(64, ge=0)
+    warmup: bool = True
+    grace_s: float = Field(5.0, ge=0.0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> CloudSettings:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
+        return self
+
+    def network_config(self) -> ModelConfig:
+        """The ModelConfig the weights are built with."""
+        return ModelConfig(min_size=self.min_size, max_size=self.max_size,
+                           detections_per_img=self.detections_per_img, score_thresh=self.score_thresh)
