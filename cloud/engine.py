@@ -1,0 +1,307 @@
+"""The cloud engine: validate a frame, decode its features, run the R-CNN heads; no transport code.
+
+Built once per process (weights loaded by the caller) and shared by the gRPC server and the REST app::
+
+    frame bytes ─> decode_frame ─> parse_frame ─> codec known? ─> codec fingerprint ─> backbone fingerprint
+                                                                                            │
+    Result <─ task_result per task <─ cloud_half(arch) per task <─ float32 P2..P5 <─ codec.decode
+             (stage_ms: decode, heads, total)
+
+A frame is idempotent: the same ``(stream_id, frame_id, frame bytes)`` yields the same Result, and a small
+LRU of recent results answers a resent frame without recomputing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from google.protobuf.message import DecodeError
+from torch import Tensor
+
+from fpnlink.shared.codec import FeatureCodec, available_codecs, make_codec
+from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
+from fpnlink.shared.model import TASK_ARCH, ModelBundle
+from fpnlink.shared.model.split import CloudHalf, EdgeHalf, split
+from fpnlink.shared.wire import TASK_TO_PB, parse_frame, pb, task_result
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+DEFAULT_MAX_FRAME_BYTES = 256 * MiB
+DEFAULT_CACHE_SIZE = 64
+FrameKey = tuple[str, int, str]
+
+
+def frame_digest(data: bytes) -> str:
+    """Content hash of a serialized frame, the third part of a result-cache key."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode_frame(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> pb.FeatureFrame:
+    """Parse serialized FeatureFrame bytes; too large -> LimitExceededError, not a frame -> BadFrameError."""
+    if len(data) > max_frame_bytes:
+        raise LimitExceededError(f"frame of {len(data)} bytes exceeds the limit of {max_frame_bytes} bytes")
+    try:
+        return pb.FeatureFrame.FromString(data)
+    except DecodeError as exc:
+        raise BadFrameError(f"{len(data)} bytes are not a serialized fpnlink.v1.FeatureFrame: {exc}") from exc
+
+
+def default_codecs() -> dict[str, FeatureCodec]:
+    """Every registered codec built with its default settings; one that cannot be built so is skipped (logged)."""
+    codecs = {}
+    for name in available_codecs():
+        try:
+            codecs[name] = make_codec(name)
+        except Exception as exc:  # e.g. a learned codec whose weights must be named explicitly
+            logger.warning("codec %r is not served: it cannot be built with default settings (%s)", name, exc)
+    return codecs
+
+
+class _ResultCache:
+    """A thread-safe, bounded LRU of results keyed by ``(stream_id, frame_id, frame digest)``."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[FrameKey, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: FrameKey) -> pb.Result | None:
+        with self._lock:
+            blob = self._items.get(key)
+            if blob is None:
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+        return pb.Result.FromString(blob)
+
+    def put(self, key: FrameKey, result: pb.Result) -> None:
+        if self._size == 0:
+            return
+        blob = result.SerializeToString()
+        with self._lock:
+            self._items[key] = blob
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class CloudEngine:
+    """Decode + heads over one :class:`ModelBundle`, shared by every transport.
+
+    Args:
+        bundle: the loaded detectors; their backbone fingerprints are what frames must carry.
+        codecs: codec name -> codec served; :func:`default_codecs` when omitted.
+        max_frame_bytes: largest serialized frame accepted.
+        num_threads: torch intra-op threads (``torch.set_num_threads``); left as is when omitted.
+        device: where the heads run; the bundle's models are moved there.
+        cache_size: how many recent results are kept for resent frames (0 disables the cache).
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        codecs: dict[str, FeatureCodec] | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        *,
+        num_threads: int | None = None,
+        device: str | torch.device = "cpu",
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes must be >= 1, got {max_frame_bytes}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(num_threads)
+        self.bundle = bundle
+        self.codecs = dict(codecs) if codecs is not None else default_codecs()
+        self.max_frame_bytes = max_frame_bytes
+        self.device = torch.device(device)
+        for model in bundle.models.values():
+            model.to(self.device)
+        halves = {arch: split(model) for arch, model in bundle.models.items()}
+        self._edges: dict[str, EdgeHalf] = {arch: edge for arch, (edge, _) in halves.items()}
+        self._clouds: dict[str, CloudHalf] = {arch: cloud for arch, (_, cloud) in halves.items()}
+        self._channels = {arch: int(model.backbone.out_channels) for arch, model in bundle.models.items()}
+        self._cache = _ResultCache(cache_size)
+
+    # ----------------------------------------------------------------------------------------- description
+
+    def capabilities(self) -> pb.Capabilities:
+        """What this engine serves: weights, models with fingerprints, codecs, tasks and limits."""
+        arch_task = {arch: task for task, arch in TASK_ARCH.items()}
+        bundle = self.bundle
+        return pb.Capabilities(
+            weights=bundle.weights,
+            trained=bundle.trained,
+            models=[
+                pb.ModelInfo(arch=arch, task=TASK_TO_PB[arch_task[arch]],
+                             backbone_fingerprint=bundle.backbone_fingerprints[arch],
+                             head_fingerprint=bundle.head_fingerprints[arch],
+                             categories=bundle.categories[arch])
+                for arch in bundle.models
+            ],
+            codecs=[
+                pb.CodecInfo(name=name, fingerprint=codec.fingerprint, lossless=codec.lossless,
+                             phi_min=codec.phi_range[0], phi_max=codec.phi_range[1])
+                for name, codec in sorted(self.codecs.items())
+            ],
+            tasks=[TASK_TO_PB[task] for task in self.tasks],
+            max_frame_bytes=self.max_frame_bytes,
+            min_size=bundle.config.min_size,
+            max_size=bundle.config.max_size,
+        )
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks served, in the canonical order ``detect, segment, keypoints``."""
+        return [task for task, arch in TASK_ARCH.items() if arch in self.bundle.models]
+
+    @property
+    def cache_hits(self) -> int:
+        return self._cache.hits
+
+    # ------------------------------------------------------------------------------------------- frames
+
+    def process(self, frame: pb.FeatureFrame, frame_bytes: int, *, digest: str | None = None) -> pb.Result:
+        """Validate, decode and run the heads of every task the frame requests.
+
+        Args:
+            frame: a received FeatureFrame.
+            frame_bytes: its serialized size as received (reported back in ``Result.frame_bytes``).
+            digest: :func:`frame_digest` of the received bytes; computed from a deterministic
+                re-serialization when omitted.
+
+        Raises:
+            BadFrameError, CodecError: malformed frame or payload, wrong shapes or channels.
+            UnsupportedError: codec or task not served.
+            FingerprintMismatchError: codec or backbone fingerprint differs from what is served.
+            LimitExceededError: ``frame_bytes`` over ``max_frame_bytes``.
+        """
+        start = time.perf_counter()
+        if frame_bytes > self.max_frame_bytes:
+            raise LimitExceededError(f"frame of {frame_bytes} bytes exceeds the limit of {self.max_frame_bytes}")
+        header, records = parse_frame(frame)
+        key = (header.stream_id, header.frame_id,
+               digest or frame_digest(frame.SerializeToString(deterministic=True)))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+
+        codec = self.codecs.get(header.codec)
+        if codec is None:
+            raise UnsupportedError(f"codec {header.codec!r} is not served here; served: {sorted(self.codecs)}")
+        if header.codec_fingerprint != codec.fingerprint:
+            raise FingerprintMismatchError(
+                f"codec {header.codec!r}: frame carries fingerprint {header.codec_fingerprint!r}, this server "
+                f"decodes {codec.fingerprint!r}; encode with the settings GetCapabilities lists")
+        archs = self.bundle.archs_for(header.tasks)
+        for task, arch in zip(header.tasks, archs):
+            expected = self.bundle.backbone_fingerprints[arch]
+            if header.model_fingerprint != expected:
+                raise FingerprintMismatchError(
+                    f"frame features come from backbone {header.model_fingerprint!r}, but task {task!r} "
+                    f"({arch} model of weights {self.bundle.weights!r}, min_size={self.bundle.config.min_size}, "
+                    f"max_size={self.bundle.config.max_size}) needs backbone {expected!r}; run the edge with the "
+                    f"same weights and input sizes")
+            channels = self._channels[arch]
+            if records[0].shape[0] != channels:
+                raise BadFrameError(f"scales carry {records[0].shape[0]} channels, the {arch} heads take {channels}")
+
+        decode_start = time.perf_counter()
+        decoded = codec.decode(records)
+        features = {name: tensor.to(self.device, torch.float32) for name, tensor in decoded.items()}
+        heads_start = time.perf_counter()
+        results = self._run_heads(features, header.tasks, archs, header.input_size, header.original_size)
+        end = time.perf_counter()
+
+        result = pb.Result(
+            stream_id=header.stream_id,
+            frame_id=header.frame_id,
+            results=results,
+            stage_ms={"decode": 1e3 * (heads_start - decode_start), "heads": 1e3 * (end - heads_start),
+                      "total": 1e3 * (end - start)},
+            frame_bytes=frame_bytes,
+            trained=self.bundle.trained,
+        )
+        self._cache.put(key, result)
+        return result
+
+    # ------------------------------------------------------------------------------------------- images
+
+    def analyze_image(self, image: Tensor, tasks: Sequence[str]) -> pb.Result:
+        """Run the whole detector on one image, no coding: front half(s) here, then the heads.
+
+        Args:
+            image: float tensor [3, H, W] with values in [0, 1].
+            tasks: task names (``detect``, ``segment``, ``keypoints``).
+
+        Returns:
+            A Result with ``stage_ms`` ``backbone``, ``heads``, ``total``; ids and ``frame_bytes`` are 0.
+        """
+        start = time.perf_counter()
+        if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise BadFrameError(f"image must be a float tensor [3, H, W] in [0, 1], got {shape}")
+        if image.shape[1] < 1 or image.shape[2] < 1:
+            raise BadFrameError(f"image must not be empty, got {tuple(image.shape)}")
+        tasks = list(dict.fromkeys(tasks))
+        archs = self.bundle.archs_for(tasks)
+        image = image.to(self.device, torch.float32)
+        if float(image.min()) < 0.0 or float(image.max()) > 1.0:
+            raise BadFrameError("image values must lie in [0, 1]")
+
+        by_backbone: dict[str, tuple[dict[str, Tensor], tuple[int, int], tuple[int, int]]] = {}
+        with torch.inference_mode():
+            for arch in archs:
+                fingerprint = self.bundle.backbone_fingerprints[arch]
+                if fingerprint not in by_backbone:
+                    features, image_sizes, original_sizes = self._edges[arch]([image])
+                    by_backbone[fingerprint] = (features, image_sizes[0], original_sizes[0])
+        heads_start = time.perf_counter()
+        results = []
+        for task, arch in zip(tasks, archs):
+            features, input_size, original_size = by_backbone[self.bundle.backbone_fingerprints[arch]]
+            results.extend(self._run_heads(features, [task], [arch], input_size, original_size))
+        end = time.perf_counter()
+        return pb.Result(
+            results=results,
+            stage_ms={"backbone": 1e3 * (heads_start - start), "heads": 1e3 * (end - heads_start),
+                      "total": 1e3 * (end - start)},
+            trained=self.bundle.trained,
+        )
+
+    def warmup(self) -> None:
+        """Run every model once on a blank image (first-call allocations, lazy init) before serving."""
+        size = self.bundle.config.min_size
+        image = torch.full((3, size, size), 0.5)
+        start = time.perf_counter()
+        self.analyze_image(image, self.tasks)
+        logger.info("warm-up of %s took %.1f s", self.tasks, time.perf_counter() - start)
+
+    # ---------------------------------------------------------------------------------------------- heads
+
+    def _run_heads(
+        self,
+        features: dict[str, Tensor],
+        tasks: list[str],
+        archs: list[str],
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> list[pb.TaskResult]:
+        out = []
+        with torch.inference_mode():
+            for task, arch in zip(tasks, archs):
+                detections = self._clouds[arch](features, [input_size], [original_size])[0]
+                out.append(task_result(task, detections, self.bundle.categories[arch]))
+        return out

@@ -1,0 +1,149 @@
+"""CloudEngine: capabilities, frame processing, idempotency, validation order, images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cloud_helpers import BAD_CASE_NAMES, bad_cases, make_frame
+
+from fpnlink.cloud import CloudEngine, decode_frame, frame_digest
+from fpnlink.cloud.engine import _ResultCache
+from fpnlink.cloud.errors import status_for
+from fpnlink.shared.codec import make_codec
+from fpnlink.shared.errors import BadFrameError, LimitExceededError, UnsupportedError
+from fpnlink.shared.wire import pb
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle) -> CloudEngine:
+    return CloudEngine(tiny_bundle)
+
+
+class TestCapabilities:
+    def test_describes_models_codecs_and_limits(self, engine, tiny_bundle):
+        caps = engine.capabilities()
+        assert caps.weights == "random:0" and caps.trained is False
+        assert {m.arch for m in caps.models} == {"faster", "mask", "keypoint"}
+        for model in caps.models:
+            assert model.backbone_fingerprint == tiny_bundle.backbone_fingerprints[model.arch]
+            assert model.head_fingerprint == tiny_bundle.head_fingerprints[model.arch]
+            assert list(model.categories) == tiny_bundle.categories[model.arch]
+        raw = next(c for c in caps.codecs if c.name == "raw")
+        assert raw.fingerprint == make_codec("raw").fingerprint and raw.lossless
+        quant = next(c for c in caps.codecs if c.name == "quant")
+        assert (quant.phi_min, quant.phi_max, quant.lossless) == (1.0, 8.0, False)
+        assert list(caps.tasks) == [pb.DETECT, pb.SEGMENT, pb.KEYPOINTS]
+        assert (caps.min_size, caps.max_size, caps.max_frame_bytes) == (128, 128, 256 * 1024 * 1024)
+
+    def test_codec_subset(self, tiny_bundle):
+        engine = CloudEngine(tiny_bundle, {"quant": make_codec("quant")}, max_frame_bytes=4096)
+        caps = engine.capabilities()
+        assert [c.name for c in caps.codecs] == ["quant"] and caps.max_frame_bytes == 4096
+
+    @pytest.mark.parametrize("kwargs", [{"max_frame_bytes": 0}, {"cache_size": -1}, {"num_threads": 0}])
+    def test_rejects_bad_arguments(self, tiny_bundle, kwargs):
+        with pytest.raises(ValueError):
+            CloudEngine(tiny_bundle, **kwargs)
+
+
+class TestProcess:
+    def test_raw_frame_equals_heads_on_the_features(self, engine, tiny_bundle, edge_output):
+        frame = make_frame(edge_output, 1)
+        result = engine.process(frame, frame.ByteSize())
+        with torch.inference_mode():
+            expected = tiny_bundle.cloud_half("faster")(edge_output.features, [edge_output.input_size],
+                                                        [edge_output.original_size])[0]
+        assert (result.stream_id, result.frame_id, result.frame_bytes) == ("cam-1", 1, frame.ByteSize())
+        assert result.trained is False and not result.HasField("error")
+        assert set(result.stage_ms) == {"decode", "heads", "total"}
+        assert result.stage_ms["total"] >= result.stage_ms["heads"] > 0
+        [task] = result.results
+        assert task.task == pb.DETECT
+        boxes = torch.tensor([list(d.box) for d in task.detections]).reshape(-1, 4)
+        torch.testing.assert_close(boxes, expected["boxes"])
+
+    def test_all_three_tasks(self, engine, edge_output):
+        frame = make_frame(edge_output, 2, tasks=("detect", "segment", "keypoints"))
+        result = engine.process(frame, frame.ByteSize())
+        assert [r.task for r in result.results] == [pb.DETECT, pb.SEGMENT, pb.KEYPOINTS]
+        segment, keypoints = result.results[1], result.results[2]
+        assert all(d.HasField("mask") for d in segment.detections)
+        assert all(len(d.keypoints) == 17 * 3 for d in keypoints.detections)
+
+    def test_lossy_codec(self, engine, edge_output):
+        frame = make_frame(edge_output, 3, codec="quant")
+        result = engine.process(frame, frame.ByteSize())
+        assert result.results[0].task == pb.DETECT and not result.HasField("error")
+
+    def test_resent_frame_is_answered_from_cache(self, engine, edge_output):
+        frame = make_frame(edge_output, 1)
+        data = frame.SerializeToString()
+        first = engine.process(decode_frame(data), len(data), digest=frame_digest(data))
+        hits = engine.cache_hits
+        again = engine.process(decode_frame(data), len(data), digest=frame_digest(data))
+        assert again == first and engine.cache_hits == hits + 1
+        # Without a digest the engine hashes a deterministic re-serialization: still the same result.
+        assert engine.process(frame, len(data)) == first
+
+    @pytest.mark.parametrize("name", BAD_CASE_NAMES)
+    def test_bad_frames_are_refused_before_any_work(self, engine, edge_output, name):
+        case = bad_cases(edge_output)[name]
+        with pytest.raises(Exception) as info:
+            engine.process(decode_frame(case.data), len(case.data))
+        assert status_for(info.value)[0].name == case.code
+        assert case.message in str(info.value)
+
+    def test_frame_over_the_limit(self, tiny_bundle, edge_output):
+        engine = CloudEngine(tiny_bundle, max_frame_bytes=1024)
+        frame = make_frame(edge_output, 4)
+        with pytest.raises(LimitExceededError, match="exceeds the limit of 1024"):
+            engine.process(frame, frame.ByteSize())
+        with pytest.raises(LimitExceededError):
+            decode_frame(frame.SerializeToString(), max_frame_bytes=1024)
+
+    def test_model_fingerprint_message_is_actionable(self, engine, edge_output):
+        frame = make_frame(edge_output, 5, model_fingerprint="feedfacefeedface")
+        with pytest.raises(Exception, match=r"needs backbone '[0-9a-f]{16}'.*same weights and input sizes"):
+            engine.process(frame, frame.ByteSize())
+
+
+class TestResultCache:
+    def test_bounded_lru(self):
+        cache = _ResultCache(2)
+        for frame_id in (1, 2):
+            cache.put(("s", frame_id, "d"), pb.Result(frame_id=frame_id))
+        assert cache.get(("s", 1, "d")).frame_id == 1  # 1 is now most recent
+        cache.put(("s", 3, "d"), pb.Result(frame_id=3))
+        assert cache.get(("s", 2, "d")) is None
+        assert cache.get(("s", 1, "d")).frame_id == 1 and cache.get(("s", 3, "d")).frame_id == 3
+
+    def test_returns_copies(self):
+        cache = _ResultCache(1)
+        cache.put(("s", 1, "d"), pb.Result(frame_id=1))
+        cache.get(("s", 1, "d")).frame_id = 99
+        assert cache.get(("s", 1, "d")).frame_id == 1
+
+    def test_disabled(self):
+        cache = _ResultCache(0)
+        cache.put(("s", 1, "d"), pb.Result())
+        assert cache.get(("s", 1, "d")) is None
+
+
+class TestAnalyzeImage:
+    def test_runs_front_half_and_heads(self, engine):
+        image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(3))
+        result = engine.analyze_image(image, ["detect"])
+        assert set(result.stage_ms) == {"backbone", "heads", "total"}
+        assert [r.task for r in result.results] == [pb.DETECT] and result.trained is False
+        assert all(0 <= d.box[2] <= 128 and 0 <= d.box[3] <= 96 for d in result.results[0].detections)
+
+    @pytest.mark.parametrize("image", [torch.rand(1, 96, 128), torch.rand(96, 128), torch.zeros(3, 8, 8, dtype=torch.uint8),
+                                       torch.full((3, 8, 8), 2.0), torch.zeros(3, 0, 8)])
+    def test_rejects_bad_images(self, engine, image):
+        with pytest.raises(BadFrameError):
+            engine.analyze_image(image, ["detect"])
+
+    @pytest.mark.parametrize("tasks", [[], ["track"]])
+    def test_rejects_bad_tasks(self, engine, tasks):
+        with pytest.raises(UnsupportedError):
+            engine.analyze_image(torch.rand(3, 8, 8), tasks)
