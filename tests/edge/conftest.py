@@ -58,7 +58,8 @@ class EchoServicer(pb_grpc.FeatureLinkServicer):
             tasks=[TASK_TO_PB[t] for t in self.tasks],
             models=[pb.ModelInfo(arch=t, task=TASK_TO_PB[t], backbone_fingerprint=self.model_fingerprint)
                     for t in self.tasks],
-            codecs=[pb.CodecInfo(name=n, fingerprint=c.fingerprint, lossless=c.lossless) for n, c in self.codecs.items()],
+            codecs=[pb.CodecInfo(name=name, fingerprint=codec.fingerprint, lossless=codec.lossless)
+                    for name, codec in self.codecs.items()],
         )
 
     def Analyze(self, request, context):

@@ -1,0 +1,274 @@
+"""``fpnlink-edge``: stream a folder of images (or one image) to the cloud and record its results.
+
+``fpnlink-edge run`` checks the cloud first (reachable, SERVING, same backbone and codec
+fingerprints), then encodes and streams each image, printing one line per frame and appending one
+JSON line per frame to ``--out`` as results arrive.
+
+Exit codes: 0 the run finished with at least one frame answered without error; 1 the cloud is
+unreachable, does not match the edge or failed mid-stream, or no frame succeeded; 2 bad arguments;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from pydantic import ValidationError
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..shared.codec import available_codecs, make_codec
+from ..shared.errors import FingerprintMismatchError, FpnlinkError, UnsupportedError, WeightsError
+from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelConfig, load_bundle
+from ..shared.wire import PB_TO_TASK, pb, result_to_dict
+from .agent import EdgeAgent
+from .client import Client, LinkError, Reply, check_compatible
+from .settings import EdgeSettings
+from .sources import ImageSource, SourceError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROG = "fpnlink-edge"
+log = logging.getLogger(PROG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="stream images to the cloud and write its results",
+        description="Flags override FPNLINK_EDGE_* environment variables; unset ones keep the defaults.",
+    )
+    run.add_argument("--source", required=True, type=Path, help="a folder of images or one image file")
+    run.add_argument("--recursive", action="store_true", default=None, help="include subfolders of --source")
+    run.add_argument("--server", help="cloud gRPC address host:port (default localhost:50051)")
+    run.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default detect)")
+    run.add_argument("--codec", help=f"feature codec, one of {available_codecs()} (default quant)")
+    run.add_argument("--phi", type=float, help="rate parameter for every scale (quant: bits 1..8; default 6)")
+    run.add_argument("--weights", help="random:SEED, coco, synthetic or a checkpoint path; must match the cloud's "
+                                       "(default random:0)")
+    run.add_argument("--out", type=Path, help="JSON Lines results file, written as results arrive")
+    run.add_argument("--min-size", type=int, help="network-input shorter side (default: the cloud's)")
+    run.add_argument("--max-size", type=int, help="network-input longer-side cap (default: the cloud's)")
+    run.add_argument("--threads", type=int, help="torch CPU threads")
+    run.add_argument("--stream-id", help="stream id stamped on every frame (default: unique per run)")
+    run.add_argument("--connect-timeout", dest="connect_timeout_s", type=float,
+                     help="seconds to wait for the cloud to be SERVING (default 10)")
+    run.add_argument("--max-frame-bytes", type=int, help="largest gRPC message (default 256 MiB)")
+    run.set_defaults(func=run_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage and the error
+        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _usage_error(message: str) -> int:
+    print(f"{PROG} run: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _failure(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _settings(args: argparse.Namespace) -> EdgeSettings:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "source") and v is not None}
+    return EdgeSettings(**flags)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"--{str(item['loc'][0]).replace('_', '-')}: {message}" if item["loc"] else message)
+    return "; ".join(parts)
+
+
+def _untrained_notice(what: str) -> None:
+    bar = "!" * 78
+    print(f"{bar}\n!! UNTRAINED WEIGHTS: {what}.\n!! Every detection is noise: use this run to test the plumbing "
+          f"only (--weights coco|synthetic|PATH for real results).\n{bar}", file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``fpnlink-edge run``: validate, check the cloud, then stream."""
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        return _usage_error(_describe(exc))
+    try:
+        source = ImageSource(args.source, recursive=settings.recursive)
+    except SourceError as exc:
+        return _usage_error(str(exc))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+
+    with Client(settings.server, max_frame_bytes=settings.max_frame_bytes) as client:
+        try:
+            client.wait_ready(settings.connect_timeout_s)
+            caps = client.capabilities()
+        except LinkError as exc:
+            return _failure(f"cannot reach the fpnlink cloud at {settings.server}: {exc}")
+
+        try:
+            config = _model_config(settings, caps)
+        except FingerprintMismatchError as exc:
+            return _failure(f"edge and cloud do not match: {exc}")
+        if settings.weights.startswith("random"):
+            _untrained_notice(f"the edge runs --weights {settings.weights}")
+        elif not caps.trained:
+            _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
+        archs = tuple(dict.fromkeys(TASK_ARCH[t] for t in settings.tasks))
+        try:
+            bundle = load_bundle(settings.weights, config, archs=archs)
+        except WeightsError as exc:
+            return _usage_error(f"--weights: {exc}")
+        stream_id = settings.stream_id or _unique_stream_id()
+        try:
+            agent = EdgeAgent(bundle, make_codec(settings.codec), settings.tasks, stream_id)
+            check_compatible(caps, tasks=agent.tasks, model_fingerprint=agent.model_fingerprint,
+                             codec=agent.codec.name, codec_fingerprint=agent.codec.fingerprint)
+        except (FingerprintMismatchError, UnsupportedError) as exc:
+            hint = f" (edge weights {settings.weights!r}, cloud weights {caps.weights!r})"
+            return _failure(f"edge and cloud do not match: {exc}{hint}")
+
+        phi = None if settings.phi is None else {name: settings.phi for name in TRANSMITTED_SCALES}
+        print(f"{PROG}: {len(source)} image(s) from {args.source} -> {settings.server} "
+              f"(stream {stream_id}, tasks {','.join(agent.tasks)}, codec {settings.codec}, "
+              f"input {config.min_size}/{config.max_size})")
+        return _stream(client, agent, source, phi, settings.out)
+
+
+def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:
+    """The network-input sizes: the cloud's; flags may only repeat them (they shape the features)."""
+    default = ModelConfig()
+    cloud_min, cloud_max = caps.min_size or default.min_size, caps.max_size or default.max_size
+    if (settings.min_size not in (None, cloud_min)) or (settings.max_size not in (None, cloud_max)):
+        raise FingerprintMismatchError(
+            f"the cloud resizes inputs with min_size {cloud_min}, max_size {cloud_max}, but the edge was given "
+            f"{settings.min_size}, {settings.max_size}; drop --min-size/--max-size to follow the cloud")
+    return ModelConfig(min_size=cloud_min, max_size=cloud_max)
+
+
+def _unique_stream_id() -> str:
+    return f"{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+
+
+def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str, float] | None,
+            out_path: Path | None) -> int:
+    """Encode lazily (gRPC pulls frames as it can send them), record each result as it arrives."""
+    pending: dict[int, dict[str, Any]] = {}
+    counts = {"ok": 0, "failed": 0, "bytes": 0, "raw": 0, "round_trip": 0.0}
+    bar = tqdm(total=len(source), unit="frame", desc="frames")
+
+    counted_skips = 0
+
+    def count_skips() -> None:  # skipped images never get a result: advance the bar for them here
+        nonlocal counted_skips
+        bar.update(len(source.skipped) - counted_skips)
+        counted_skips = len(source.skipped)
+
+    def frames() -> Iterator[pb.FeatureFrame]:
+        for frame_id, (name, image) in enumerate(source, start=1):
+            count_skips()
+            try:
+                encoded = agent.encode(image, frame_id, phi)
+            except (ValueError, FpnlinkError) as exc:
+                log.warning("%s: not encoded: %s", name, exc)
+                source.skipped.append((name, f"{name}: not encoded: {exc}"))
+                continue
+            pending[frame_id] = {"image": name, "frame_id": frame_id, "frame_bytes": encoded.frame_bytes,
+                                 "raw_feature_bytes": encoded.raw_feature_bytes, "stage_ms": dict(encoded.stage_ms)}
+            yield encoded.frame
+        count_skips()
+
+    out: IO[str] | None = None
+    error = None
+    try:
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out = out_path.open("w", encoding="utf-8")
+        with logging_redirect_tqdm():
+            for reply in client.stream_replies(frames()):
+                record = _record(pending.pop(reply.result.frame_id), reply)
+                ok = not reply.result.HasField("error")
+                counts["ok" if ok else "failed"] += 1
+                counts["bytes"] += record["frame_bytes"]
+                counts["raw"] += record["raw_feature_bytes"]
+                counts["round_trip"] += reply.round_trip_ms
+                tqdm.write(_frame_line(record, reply.result))
+                bar.update(1)
+                if out is not None:
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
+    except FpnlinkError as exc:
+        error = f"stream failed after {counts['ok'] + counts['failed']} result(s): {exc}"
+    finally:
+        bar.close()
+        if out is not None:
+            out.close()
+    if error is not None:
+        return _failure(error)
+    return _summary(counts, source, out_path)
+
+
+def _record(sent: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    """One JSON line: what the edge sent and measured, and the cloud's result."""
+    cloud_total = reply.result.stage_ms.get("total")
+    sent["stage_ms"]["round_trip"] = reply.round_trip_ms
+    sent["stage_ms"]["transport"] = None if cloud_total is None else max(reply.round_trip_ms - cloud_total, 0.0)
+    sent["result"] = result_to_dict(reply.result)
+    return sent
+
+
+def _frame_line(record: dict[str, Any], result: pb.Result) -> str:
+    head = (f"{record['image']}: {record['frame_bytes']:,} B "
+            f"({record['raw_feature_bytes'] / max(record['frame_bytes'], 1):.1f}x under fp32), "
+            f"round trip {record['stage_ms']['round_trip']:.0f} ms")
+    if result.HasField("error"):
+        return f"{head}: ERROR {result.error.code}: {result.error.message}"
+    found = ", ".join(f"{PB_TO_TASK.get(r.task, r.task)} {len(r.detections)}" for r in result.results)
+    return f"{head}: {found or 'no results'}"
+
+
+def _summary(counts: dict[str, Any], source: ImageSource, out_path: Path | None) -> int:
+    done = counts["ok"] + counts["failed"]
+    for _, reason in source.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    line = f"{PROG}: {done} frame(s) answered ({counts['ok']} ok, {counts['failed']} failed), " \
+           f"{len(source.skipped)} image(s) skipped"
+    if done:
+        line += (f"; mean {counts['bytes'] / done:,.0f} B/frame ({counts['raw'] / max(counts['bytes'], 1):.1f}x "
+                 f"under fp32), mean round trip {counts['round_trip'] / done:.0f} ms")
+    if out_path is not None:
+        line += f"; results in {out_path}"
+    print(line)
+    if counts["ok"] == 0:
+        return _failure("every frame failed in the cloud" if done else "no image could be read and sent")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

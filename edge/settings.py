@@ -1,0 +1,83 @@
+"""Edge settings: environment variables ``FPNLINK_EDGE_*``, overridden by command-line flags.
+
+Library code never reads these: :mod:`fpnlink.edge.cli` builds one :class:`EdgeSettings` and passes
+plain values down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ..shared.codec import available_codecs, make_codec
+from ..shared.model import TASKS
+from ..shared.wire.convert import MAX_ID_LENGTH
+from .client import DEFAULT_MAX_FRAME_BYTES
+
+
+class EdgeSettings(BaseSettings):
+    """What one ``fpnlink-edge run`` uses.
+
+    Attributes:
+        server: ``host:port`` of the cloud's gRPC endpoint.
+        weights: ``random:SEED``, ``coco``, ``synthetic`` or a checkpoint path; must match the cloud's.
+        tasks: tasks asked of the cloud, comma-separated in the environment (``FPNLINK_EDGE_TASKS=detect,segment``).
+        codec: a registered codec name.
+        phi: rate parameter for every scale; the codec's default when unset.
+        min_size, max_size: network-input resize; the cloud's (from its capabilities) when unset.
+        out: JSON Lines results file; none written when unset.
+        threads: torch intra-op threads; torch's default when unset.
+        stream_id: stamped on every frame; a unique one per run when unset.
+        recursive: read images in subfolders of a folder source.
+        max_frame_bytes: largest message sent or received.
+        connect_timeout_s: how long to wait for the cloud to be SERVING.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FPNLINK_EDGE_", extra="forbid")
+
+    server: str = "localhost:50051"
+    weights: str = "random:0"
+    tasks: Annotated[list[str], NoDecode] = ["detect"]
+    codec: str = "quant"
+    phi: float | None = None
+    min_size: int | None = Field(None, ge=32, le=4096)
+    max_size: int | None = Field(None, ge=32, le=4096)
+    out: Path | None = None
+    threads: int | None = Field(None, ge=1)
+    stream_id: str | None = Field(None, max_length=MAX_ID_LENGTH)
+    recursive: bool = False
+    max_frame_bytes: int = Field(DEFAULT_MAX_FRAME_BYTES, ge=1024)
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split_tasks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in TASKS]
+        if unknown or not value:
+            raise ValueError(f"tasks must be a comma-separated subset of {','.join(TASKS)}; got {value}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        if value not in available_codecs():
+            raise ValueError(f"unknown codec {value!r}; choose one of {available_codecs()}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EdgeSettings:
+        if self.phi is not None:
+            make_codec(self.codec).check_phi(self.phi)
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} exceeds max_size {self.max_size}")
+        return self
