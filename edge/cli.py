@@ -136,23 +136,22 @@ def run_command(args: argparse.Namespace) -> int:
             config = _model_config(settings, caps)
         except FingerprintMismatchError as exc:
             return _failure(f"edge and cloud do not match: {exc}")
-        if settings.weights.startswith("random"):
-            _untrained_notice(f"the edge runs --weights {settings.weights}")
-        elif not caps.trained:
-            _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
         archs = tuple(dict.fromkeys(TASK_ARCH[t] for t in settings.tasks))
         try:
             bundle = load_bundle(settings.weights, config, archs=archs)
         except WeightsError as exc:
             return _usage_error(f"--weights: {exc}")
+        if not bundle.trained:
+            _untrained_notice(f"the edge runs --weights {settings.weights}")
+        elif not caps.trained:
+            _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
         stream_id = settings.stream_id or _unique_stream_id()
         try:
             agent = EdgeAgent(bundle, make_codec(settings.codec), settings.tasks, stream_id)
             check_compatible(caps, tasks=agent.tasks, model_fingerprint=agent.model_fingerprint,
                              codec=agent.codec.name, codec_fingerprint=agent.codec.fingerprint)
         except (FingerprintMismatchError, UnsupportedError) as exc:
-            hint = f" (edge weights {settings.weights!r}, cloud weights {caps.weights!r})"
-            return _failure(f"edge and cloud do not match: {exc}{hint}")
+            return _failure(f"edge and cloud do not match: {exc} (edge weights {settings.weights!r})")
 
         phi = None if settings.phi is None else {name: settings.phi for name in TRANSMITTED_SCALES}
         print(f"{PROG}: {len(source)} image(s) from {args.source} -> {settings.server} "
@@ -165,10 +164,12 @@ def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:
     """The network-input sizes: the cloud's; flags may only repeat them (they shape the features)."""
     default = ModelConfig()
     cloud_min, cloud_max = caps.min_size or default.min_size, caps.max_size or default.max_size
-    if (settings.min_size not in (None, cloud_min)) or (settings.max_size not in (None, cloud_max)):
+    given = {"--min-size": (settings.min_size, cloud_min), "--max-size": (settings.max_size, cloud_max)}
+    conflicts = [f"{flag} {mine}" for flag, (mine, cloud) in given.items() if mine not in (None, cloud)]
+    if conflicts:
         raise FingerprintMismatchError(
             f"the cloud resizes inputs with min_size {cloud_min}, max_size {cloud_max}, but the edge was given "
-            f"{settings.min_size}, {settings.max_size}; drop --min-size/--max-size to follow the cloud")
+            f"{' '.join(conflicts)}; drop --min-size/--max-size to follow the cloud")
     return ModelConfig(min_size=cloud_min, max_size=cloud_max)
 
 
