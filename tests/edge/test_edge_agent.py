@@ -10,7 +10,7 @@ import torch
 from fpnlink.edge import EdgeAgent
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.errors import UnsupportedError
-from fpnlink.shared.model import TRANSMITTED_SCALES
+from fpnlink.shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
 from fpnlink.shared.wire import TASK_TO_PB, parse_frame
 from fpnlink.shared.wire.convert import expected_scale_shape
 
@@ -69,6 +69,12 @@ class TestEncode:
         assert decoded.keys() == features.keys()
         for name in TRANSMITTED_SCALES:
             assert torch.equal(decoded[name], features[name])
+
+    def test_fingerprint_ignores_head_settings(self, tiny_bundle):
+        # The edge cannot know the cloud's detection cap or score threshold: they must not change the print.
+        other = load_bundle("random:0", ModelConfig(min_size=128, max_size=128, detections_per_img=50,
+                                                    score_thresh=0.5), archs=("faster",))
+        assert other.backbone_fingerprint_for(["detect"]) == tiny_bundle.backbone_fingerprint_for(TASKS)
 
     def test_resized_input(self, agents):
         item = agents["quant"].encode(torch.rand(3, 120, 200), frame_id=6)
