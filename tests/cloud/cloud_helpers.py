@@ -57,8 +57,12 @@ def random_frame(fingerprint: str, input_size: tuple[int, int], frame_id: int, c
     return build_frame(header, raw.encode(features))
 
 
-def png_bytes(height: int = 96, width: int = 128, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+def png_bytes(height: int = 96, width: int = 128, seed: int | None = 0) -> bytes:
+    """A PNG of random pixels, or of one flat colour (a tiny file) when ``seed`` is None."""
+    if seed is None:
+        pixels = np.full((height, width, 3), 128, dtype=np.uint8)
+    else:
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

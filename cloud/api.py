@@ -1,0 +1,249 @@
+"""The REST side: a FastAPI app over the same :class:`CloudService` (engine, thread pool, metrics) as gRPC.
+
+=========================  ============================================================================
+route                      what
+=========================  ============================================================================
+``POST /v1/analyze``       multipart image upload (field ``image``), ``tasks=detect,segment,keypoints``
+``POST /v1/frames``        body: a serialized FeatureFrame (``application/x-protobuf``); JSON Result back
+``GET /v1/capabilities``   weights, models, codecs, tasks and limits (what an edge must match)
+``GET /healthz``           liveness: 200 while the process serves HTTP
+``GET /readyz``            readiness: 503 until the engine is loaded and warmed up
+``GET /metrics``           Prometheus text from the service's own registry
+``GET /docs``              OpenAPI (FastAPI's default)
+=========================  ============================================================================
+
+Errors come back as ``{"error": {"code": GRPC_STATUS_NAME, "message": ...}}`` with the HTTP status of
+:mod:`.errors`; every route goes through one error mapper (:class:`_MappedErrorsRoute`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+from fpnlink.shared.errors import BadFrameError
+from fpnlink.shared.wire import PB_TO_TASK, pb, result_to_dict
+
+from .bodylimit import BodyLimitMiddleware
+from .errors import map_error
+
+if TYPE_CHECKING:
+    from .service import CloudService
+
+TRANSPORT = "rest"
+FRAME_CONTENT_TYPES = ("application/x-protobuf", "application/protobuf", "application/octet-stream")
+DEFAULT_TASKS = "detect"
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class MaskModel(BaseModel):
+    size: list[int]
+    counts: str
+
+
+class DetectionModel(BaseModel):
+    box: list[float]
+    label: int
+    category: str
+    score: float
+    mask: MaskModel | None = None
+    keypoints: list[float] | None = None
+    keypoint_scores: list[float] | None = None
+
+
+class ResultModel(BaseModel):
+    """A Result (see ``result_to_dict``): one detection list per requested task."""
+
+    stream_id: str
+    frame_id: int
+    frame_bytes: int
+    trained: bool
+    stage_ms: dict[str, float]
+    error: ErrorBody | None = None
+    detect: list[DetectionModel] | None = None
+    segment: list[DetectionModel] | None = None
+    keypoints: list[DetectionModel] | None = None
+
+    @classmethod
+    def from_pb(cls, result: pb.Result) -> ResultModel:
+        return cls.model_validate(result_to_dict(result))
+
+
+class ModelInfoModel(BaseModel):
+    arch: str
+    task: str
+    backbone_fingerprint: str
+    head_fingerprint: str
+    categories: list[str]
+
+
+class CodecInfoModel(BaseModel):
+    name: str
+    fingerprint: str
+    lossless: bool
+    phi_min: float
+    phi_max: float
+
+
+class CapabilitiesModel(BaseModel):
+    weights: str
+    trained: bool
+    models: list[ModelInfoModel]
+    codecs: list[CodecInfoModel]
+    tasks: list[str]
+    max_frame_bytes: int
+    min_size: int
+    max_size: int
+
+    @classmethod
+    def from_pb(cls, caps: pb.Capabilities) -> CapabilitiesModel:
+        return cls(
+            weights=caps.weights,
+            trained=caps.trained,
+            models=[ModelInfoModel(arch=m.arch, task=PB_TO_TASK[m.task], backbone_fingerprint=m.backbone_fingerprint,
+                                   head_fingerprint=m.head_fingerprint, categories=list(m.categories))
+                    for m in caps.models],
+            codecs=[CodecInfoModel(name=c.name, fingerprint=c.fingerprint, lossless=c.lossless, phi_min=c.phi_min,
+                                   phi_max=c.phi_max) for c in caps.codecs],
+            tasks=[PB_TO_TASK[t] for t in caps.tasks],
+            max_frame_bytes=caps.max_frame_bytes,
+            min_size=caps.min_size,
+            max_size=caps.max_size,
+        )
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 409, 413, 422, 500, 503)
+}
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The app's one error mapper: fpnlink errors -> 4xx/503, anything else -> 500 (logged)."""
+    mapped = map_error(exc)
+    body = ErrorResponse(error=ErrorBody(code=mapped.code.name, message=mapped.message))
+    return JSONResponse(body.model_dump(), status_code=mapped.http_status)
+
+
+class _MappedErrorsRoute(APIRoute):
+    """Routes whose exceptions go through :func:`error_response`; FastAPI's own validation and HTTP errors
+    keep their default handling."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def mapped_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (HTTPException, RequestValidationError):
+                raise
+            except Exception as exc:  # one mapper for every route; the worker lives on
+                return error_response(exc)
+
+        return mapped_handler
+
+
+def parse_tasks(text: str) -> list[str]:
+    """``"detect, segment"`` -> ``["detect", "segment"]``; names are checked by the engine."""
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise BadFrameError("tasks must name at least one of detect, segment, keypoints (comma-separated)")
+    return tasks
+
+
+# ------------------------------------------------------------------------------------------------- app
+
+
+def create_app(service: CloudService) -> FastAPI:
+    """The REST app over ``service``; builds nothing heavy (readiness follows the service's setup)."""
+    settings = service.settings
+    app = FastAPI(
+        title="fpnlink cloud",
+        version="1",
+        description="R-CNN heads over coded ResNet50-FPN features (the same engine as the gRPC FeatureLink).",
+    )
+    router = APIRouter(route_class=_MappedErrorsRoute)
+
+    @router.post("/v1/analyze", response_model=ResultModel, response_model_exclude_none=True,
+                 responses=ERROR_RESPONSES)
+    async def analyze(
+        image: UploadFile = File(..., description="an image file (JPEG, PNG, ...)"),
+        tasks_query: str | None = Query(None, alias="tasks", description="comma-separated tasks"),
+        tasks_form: str | None = Form(None, alias="tasks", description="comma-separated tasks"),
+    ) -> ResultModel:
+        """Run the whole detector on an uploaded image (no feature coding)."""
+        tasks = parse_tasks(tasks_form or tasks_query or DEFAULT_TASKS)
+        data = await image.read()
+        return ResultModel.from_pb(await service.analyze_upload(data, tasks, TRANSPORT))
+
+    @router.post("/v1/frames", response_model=ResultModel, response_model_exclude_none=True,
+                 responses=ERROR_RESPONSES,
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def frames(request: Request) -> ResultModel:
+        """Decode one serialized ``fpnlink.v1.FeatureFrame`` and run the heads it asks for."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in FRAME_CONTENT_TYPES:
+            raise BadFrameError(f"content-type must be application/x-protobuf (a serialized FeatureFrame), "
+                                f"got {content_type or 'none'!r}")
+        data = await request.body()
+        outcome = await service.handle_frame(data, TRANSPORT)
+        if outcome.error is not None:
+            raise outcome.error
+        return ResultModel.from_pb(outcome.result)
+
+    @router.get("/v1/capabilities", response_model=CapabilitiesModel, responses=ERROR_RESPONSES)
+    async def capabilities() -> CapabilitiesModel:
+        """What the edge must match: backbone fingerprints, codecs, input sizes, limits."""
+        return CapabilitiesModel.from_pb(service.capabilities())
+
+    @router.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: the process answers HTTP."""
+        return Health(status="ok")
+
+    @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 once the engine is loaded and warmed up, 503 before."""
+        ready, reason = service.readiness()
+        return JSONResponse(Readiness(ready=ready, reason=reason).model_dump(), status_code=200 if ready else 503)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
+
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, reject=error_response, limits={
+        "/v1/frames": settings.max_frame_bytes,
+        "/v1/analyze": settings.max_upload_bytes,
+    })
+    return app

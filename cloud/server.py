@@ -1,0 +1,120 @@
+"""The gRPC side: the FeatureLink servicer, health checking and reflection on one ``grpc.aio`` server.
+
+FeatureLink's frame methods take the request as raw bytes (identity deserializer), so the servicer knows the
+exact size received (``Result.frame_bytes``) and can answer an unparsable message itself:
+
+- ``Analyze``: a failed frame ends the call with a gRPC status and message (see :mod:`.errors`).
+- ``Stream``: every frame gets a Result, in order; a failed frame gets one with ``error`` set (status code
+  name + message) and the stream goes on.
+
+A message over ``max_frame_bytes`` is refused by gRPC itself with ``RESOURCE_EXHAUSTED``; on ``Stream`` that
+ends the stream, since gRPC cancels the whole call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fpnlink.shared.wire import pb
+
+from .errors import map_error
+
+if TYPE_CHECKING:
+    from .service import CloudService, FrameOutcome
+    from .settings import CloudSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["FeatureLink"].full_name
+TRANSPORT = "grpc"
+
+
+def _raw(data: bytes) -> bytes:
+    """Request 'deserializer' that keeps the received bytes as they are."""
+    return data
+
+
+class FeatureLinkServicer:
+    """``fpnlink.v1.FeatureLink`` over a :class:`CloudService`; registered by :func:`add_feature_link`."""
+
+    def __init__(self, service: CloudService) -> None:
+        self.service = service
+
+    async def Analyze(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Result:
+        outcome = await self.service.handle_frame(request, TRANSPORT)
+        if outcome.error is not None:
+            mapped = map_error(outcome.error)
+            await context.abort(mapped.code, mapped.message)
+        return outcome.result
+
+    async def Stream(self, requests: AsyncIterator[bytes],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Result]:
+        async for request in requests:
+            outcome = await self.service.handle_frame(request, TRANSPORT)
+            yield outcome.result if outcome.error is None else self._error_result(outcome)
+
+    async def GetCapabilities(self, request: pb.CapabilitiesRequest,
+                              context: grpc.aio.ServicerContext) -> pb.Capabilities:
+        try:
+            return self.service.capabilities()
+        except Exception as exc:  # mapped to a status, the server lives on
+            mapped = map_error(exc)
+            await context.abort(mapped.code, mapped.message)
+
+    def _error_result(self, outcome: FrameOutcome) -> pb.Result:
+        mapped = map_error(outcome.error)
+        frame = outcome.frame
+        return pb.Result(
+            stream_id=frame.stream_id if frame is not None else "",
+            frame_id=frame.frame_id if frame is not None else 0,
+            frame_bytes=outcome.frame_bytes,
+            trained=self.service.ready and self.service.engine.bundle.trained,
+            error=pb.Error(code=mapped.code.name, message=mapped.message),
+        )
+
+
+def add_feature_link(servicer: FeatureLinkServicer, server: grpc.aio.Server) -> None:
+    """Register FeatureLink with raw-bytes requests for ``Stream`` and ``Analyze``."""
+    handlers = {
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream, request_deserializer=_raw, response_serializer=pb.Result.SerializeToString),
+        "Analyze": grpc.unary_unary_rpc_method_handler(
+            servicer.Analyze, request_deserializer=_raw, response_serializer=pb.Result.SerializeToString),
+        "GetCapabilities": grpc.unary_unary_rpc_method_handler(
+            servicer.GetCapabilities, request_deserializer=pb.CapabilitiesRequest.FromString,
+            response_serializer=pb.Capabilities.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
+    """A bound (not yet started) ``grpc.aio`` server with FeatureLink, health and reflection.
+
+    Returns:
+        The server and the port it bound (``settings.grpc_port``, or the ephemeral port for 0).
+    """
+    cap = settings.max_frame_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    add_feature_link(FeatureLinkServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    host = settings.host
+    address = f"[{host}]:{settings.grpc_port}" if ":" in host and not host.startswith("[") else \
+        f"{host}:{settings.grpc_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"gRPC server could not bind {address}")
+    return server, port

@@ -1,0 +1,371 @@
+"""One cloud process: the engine, the gRPC server and the REST app in one asyncio loop.
+
+Lifecycle (LitServe-style: construct cheaply, set up once, report readiness)::
+
+    CloudService(settings)           cheap: nothing loaded, nothing bound
+      └─ await start()               binds gRPC + HTTP (ports reported), health NOT_SERVING, /readyz 503
+           └─ setup in a thread      load weights -> CloudEngine -> warm-up
+                └─ ready             health SERVING, /readyz 200, requests served
+      └─ await stop()                health NOT_SERVING, in-flight requests get ``grace_s``, servers close
+
+Heavy work (parsing big frames, decoding, heads) runs in a bounded thread pool so the event loop keeps
+answering health checks and metrics. ``run_in_background()`` runs the whole thing in a daemon thread with
+its own loop, for tests and the in-process demo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2
+
+from fpnlink.shared.codec import make_codec
+from fpnlink.shared.errors import NotReadyError
+from fpnlink.shared.model import ModelBundle, load_bundle
+from fpnlink.shared.wire import pb
+
+from .api import create_app
+from .engine import CloudEngine, decode_frame, frame_digest
+from .errors import status_for
+from .imageio import decode_image
+from .metrics import CloudMetrics
+from .server import SERVICE_NAME, build_grpc_server
+from .settings import CloudSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BundleLoader = Callable[[CloudSettings], ModelBundle]
+UNTRAINED_BANNER = "!" * 100
+
+
+def load_settings_bundle(settings: CloudSettings) -> ModelBundle:
+    """The default loader: ``settings.weights`` with the settings' model config."""
+    return load_bundle(settings.weights, settings.network_config())
+
+
+@dataclass
+class FrameOutcome:
+    """What became of one received frame.
+
+    Attributes:
+        frame: the parsed frame, None when the bytes did not parse.
+        result: the Result, None on failure.
+        error: the failure, None on success.
+        frame_bytes: size of the received message.
+    """
+
+    frame: pb.FeatureFrame | None
+    result: pb.Result | None
+    error: Exception | None
+    frame_bytes: int
+
+
+class CloudService:
+    """Engine + gRPC server + REST app, sharing one engine, one thread pool and one metrics registry.
+
+    Args:
+        settings: process settings; ``CloudSettings()`` (environment) when omitted.
+        bundle_loader: builds the model bundle from the settings (runs in a worker thread at startup);
+            :func:`load_settings_bundle` by default. Tests pass a prebuilt bundle this way.
+    """
+
+    def __init__(self, settings: CloudSettings | None = None, *, bundle_loader: BundleLoader | None = None) -> None:
+        self.settings = settings if settings is not None else CloudSettings()
+        self.metrics = CloudMetrics()
+        self.health = health.aio.HealthServicer()
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+        self.setup_error: Exception | None = None
+        self._loader = bundle_loader or load_settings_bundle
+        self._engine: CloudEngine | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._grpc_server: grpc.aio.Server | None = None
+        self._http_server: uvicorn.Server | None = None
+        self._http_task: asyncio.Task | None = None
+        self._setup_task: asyncio.Task | None = None
+        self._settled: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------------------------------- state
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> CloudEngine:
+        """The engine once set up; :class:`NotReadyError` before (or when setup failed)."""
+        if self._engine is None:
+            if self.setup_error is not None:
+                raise NotReadyError(f"setup failed: {type(self.setup_error).__name__}: {self.setup_error}")
+            raise NotReadyError(f"the engine is still loading weights {self.settings.weights!r}; retry shortly")
+        return self._engine
+
+    def readiness(self) -> tuple[bool, str]:
+        """``(ready, reason)`` for health endpoints."""
+        try:
+            engine = self.engine
+        except NotReadyError as exc:
+            return False, str(exc)
+        return True, f"serving weights {engine.bundle.weights!r}"
+
+    # ------------------------------------------------------------------------------------------- requests
+
+    async def handle_frame(self, data: bytes, transport: str) -> FrameOutcome:
+        """Parse, validate, decode and run one serialized frame in the thread pool; never raises for a bad frame.
+
+        Metrics are recorded here, for success and failure alike. Before the engine is ready the frame is
+        still parsed, so that its ``UNAVAILABLE`` answer carries the stream and frame ids.
+        """
+        outcome = await self._run(self._frame_job, data)
+        if outcome.error is None:
+            self.metrics.record_frame(transport, outcome.frame, outcome.result)
+        else:
+            self.metrics.record_error(transport, status_for(outcome.error)[0].name)
+        return outcome
+
+    def _frame_job(self, data: bytes) -> FrameOutcome:
+        frame = None
+        try:
+            frame = decode_frame(data, self.settings.max_frame_bytes)
+            result = self.engine.process(frame, len(data), digest=frame_digest(data))
+        except Exception as exc:  # every failure becomes an outcome; the transport maps it
+            return FrameOutcome(frame, None, exc, len(data))
+        return FrameOutcome(frame, result, None, len(data))
+
+    async def analyze_upload(self, data: bytes, tasks: Sequence[str], transport: str = "rest") -> pb.Result:
+        """Decode an uploaded image and run the whole detector on it; raises fpnlink errors."""
+        try:
+            engine = self.engine
+            result = await self._run(_image_job, engine, data, list(tasks), self.settings.max_image_pixels)
+        except Exception as exc:
+            self.metrics.record_error(transport, status_for(exc)[0].name)
+            raise
+        self.metrics.record_image(transport, result)
+        return result
+
+    def capabilities(self) -> pb.Capabilities:
+        return self.engine.capabilities()
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._executor is None:
+            raise NotReadyError("the service is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind both servers (health NOT_SERVING), then set up the engine in the background."""
+        settings = self.settings
+        self._settled = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="fpnlink-engine")
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.metrics.set_ready(False)
+
+        try:
+            self._grpc_server, self.grpc_port = build_grpc_server(self, settings)
+            await self._grpc_server.start()
+            await self._start_http(create_app(self))
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        logger.info("fpnlink cloud listening: gRPC %s:%d, HTTP %s:%d", settings.host, self.grpc_port,
+                    settings.host, self.http_port)
+        self._setup_task = asyncio.create_task(self._setup(SERVICE_NAME), name="fpnlink-setup")
+
+    async def _start_http(self, app: object) -> None:
+        settings = self.settings
+        sock = _bind_socket(settings.host, settings.http_port)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=settings.log_level,
+                                access_log=False, timeout_graceful_shutdown=max(1, int(settings.grace_s)))
+        self._http_server = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self._http_server.serve(sockets=[sock]), name="fpnlink-http")
+        while not self._http_server.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("the HTTP server stopped during startup")
+            await asyncio.sleep(0.01)
+
+    async def _setup(self, service_name: str) -> None:
+        try:  # in its own thread, not the engine pool, which answers frames meanwhile
+            engine = await asyncio.to_thread(self._build_engine)
+        except Exception as exc:  # reported through readiness; the process owner decides whether to exit
+            self.setup_error = exc
+            logger.error("engine setup failed: %s", exc, exc_info=exc)
+        else:
+            self._engine = engine
+            self.metrics.set_ready(True)
+            for name in ("", service_name):
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            logger.info("engine ready: weights %r, tasks %s, codecs %s", engine.bundle.weights, engine.tasks,
+                        sorted(engine.codecs))
+        finally:
+            self._settled.set()
+
+    def _build_engine(self) -> CloudEngine:
+        settings = self.settings
+        bundle = self._loader(settings)
+        if not bundle.trained:
+            logger.warning("%s\nUNTRAINED WEIGHTS %r: every detection this server returns is meaningless "
+                           "(Result.trained = false). Use --weights coco, synthetic or a checkpoint.\n%s",
+                           UNTRAINED_BANNER, bundle.weights, UNTRAINED_BANNER)
+        codecs = {name: make_codec(name) for name in settings.codecs} if settings.codecs is not None else None
+        engine = CloudEngine(bundle, codecs, settings.max_frame_bytes, num_threads=settings.threads,
+                             device=settings.device, cache_size=settings.cache_size)
+        if settings.warmup:
+            engine.warmup()
+        return engine
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until setup is done; re-raises the setup error if it failed."""
+        if self._settled is None:
+            raise NotReadyError("the service is not started")
+        await asyncio.wait_for(self._settled.wait(), timeout)
+        if self.setup_error is not None:
+            raise self.setup_error
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving: health NOT_SERVING, in-flight requests get ``grace`` seconds, servers close."""
+        grace = self.settings.grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self.metrics.set_ready(False)
+        if self._setup_task is not None and not self._setup_task.done():
+            self._setup_task.cancel()
+        if self._http_server is not None:
+            self._http_server.should_exit = True
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace)
+        if self._http_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("fpnlink cloud stopped")
+
+    def run_in_background(self, *, wait_ready: bool = True, timeout: float = 300.0) -> BackgroundService:
+        """Start the service in a daemon thread with its own event loop; returns once ports are bound.
+
+        Args:
+            wait_ready: also wait until the engine is set up (raises its setup error if it failed).
+            timeout: seconds to wait for start (and readiness).
+        """
+        loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # reported to the caller's thread
+                started.set_exception(exc)
+            else:
+                started.set_result(None)
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        thread = threading.Thread(target=run, name="fpnlink-cloud", daemon=True)
+        thread.start()
+        started.result(timeout)
+        handle = BackgroundService(self, loop, thread)
+        if wait_ready:
+            try:
+                handle.wait_ready(timeout)
+            except BaseException:
+                handle.stop()
+                raise
+        return handle
+
+
+class BackgroundService:
+    """A :class:`CloudService` running in its own thread; a context manager that stops it on exit."""
+
+    def __init__(self, service: CloudService, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self.service = service
+        self._loop = loop
+        self._thread = thread
+
+    @property
+    def grpc_port(self) -> int:
+        return self.service.grpc_port
+
+    @property
+    def http_port(self) -> int:
+        return self.service.http_port
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` for ``grpc.insecure_channel``."""
+        return f"{_client_host(self.service.settings.host)}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_client_host(self.service.settings.host)}:{self.http_port}"
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        asyncio.run_coroutine_threadsafe(self.service.wait_ready(timeout), self._loop).result()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the service and its thread (idempotent)."""
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.service.stop(), self._loop)
+        try:
+            future.result(timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> BackgroundService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the process owner (``cli.serve``) handles SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _image_job(engine: CloudEngine, data: bytes, tasks: list[str], max_pixels: int) -> pb.Result:
+    return engine.analyze_image(decode_image(data, max_pixels), tasks)
+
+
+def _bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: ephemeral), handed to uvicorn."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _client_host(host: str) -> str:
+    """Where a local client should connect for a server bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

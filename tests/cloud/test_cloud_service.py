@@ -1,0 +1,122 @@
+"""CloudService lifecycle: bound before ready, NOT_SERVING/503 until set up, setup failures, settings."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import httpx
+import pytest
+from cloud_helpers import loopback_settings, make_frame
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
+
+from fpnlink.cloud import CloudEngine, CloudService, CloudSettings
+from fpnlink.cloud.server import SERVICE_NAME
+from fpnlink.shared.errors import WeightsError
+from fpnlink.shared.wire import pb, pb_grpc
+
+PROTOBUF = {"content-type": "application/x-protobuf"}
+
+
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status
+
+
+class TestReadiness:
+    def test_not_ready_until_setup_is_done(self, tiny_bundle, edge_output):
+        release = threading.Event()
+
+        def slow_loader(settings: CloudSettings):
+            assert release.wait(30), "test never released the loader"
+            return tiny_bundle
+
+        service = CloudService(loopback_settings(), bundle_loader=slow_loader)
+        with service.run_in_background(wait_ready=False) as handle, httpx.Client(base_url=handle.http_url) as http:
+            try:
+                self._check_not_ready(handle, http, make_frame(edge_output, 81, codec="quant"))
+            finally:
+                release.set()
+            handle.wait_ready(30)
+            assert http.get("/readyz").status_code == 200
+            assert _health(handle.grpc_target) == health_pb2.HealthCheckResponse.SERVING
+            assert "fpnlink_cloud_ready 1.0" in http.get("/metrics").text
+
+    @staticmethod
+    def _check_not_ready(handle, http: httpx.Client, frame: pb.FeatureFrame) -> None:
+        assert handle.grpc_port > 0 and handle.http_port > 0 and handle.grpc_port != handle.http_port
+        assert http.get("/healthz").status_code == 200
+        not_ready = http.get("/readyz")
+        assert not_ready.status_code == 503 and "still loading weights 'random:0'" in not_ready.json()["reason"]
+        assert _health(handle.grpc_target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with grpc.insecure_channel(handle.grpc_target) as channel:
+            stub = pb_grpc.FeatureLinkStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Analyze(frame, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            [result] = stub.Stream(iter([frame]), timeout=5)
+            assert result.error.code == "UNAVAILABLE" and result.frame_id == 81
+        refused = http.post("/v1/frames", content=frame.SerializeToString(), headers=PROTOBUF)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "UNAVAILABLE"
+        assert http.get("/v1/capabilities").status_code == 503
+        assert "fpnlink_cloud_ready 0.0" in http.get("/metrics").text
+
+    def test_setup_failure_is_reported(self, tiny_bundle):
+        def broken_loader(settings: CloudSettings):
+            raise WeightsError("no checkpoint at /nowhere.pt")
+
+        service = CloudService(loopback_settings(), bundle_loader=broken_loader)
+        with pytest.raises(WeightsError, match="nowhere"):
+            service.run_in_background(wait_ready=True, timeout=30)
+
+        with CloudService(loopback_settings(), bundle_loader=broken_loader).run_in_background(wait_ready=False) as h:
+            with pytest.raises(WeightsError):
+                h.wait_ready(30)
+            response = httpx.get(f"{h.http_url}/readyz")
+            assert response.status_code == 503 and "setup failed: WeightsError" in response.json()["reason"]
+
+    def test_warm_up_runs_before_serving(self, tiny_bundle, monkeypatch):
+        calls = []
+        monkeypatch.setattr(CloudEngine, "warmup", lambda engine: calls.append(engine))
+        service = CloudService(loopback_settings(warmup=True), bundle_loader=lambda _: tiny_bundle)
+        with service.run_in_background() as handle:
+            assert calls == [handle.service.engine]
+
+    def test_stop_is_idempotent_and_frees_the_ports(self, tiny_bundle):
+        handle = CloudService(loopback_settings(), bundle_loader=lambda _: tiny_bundle).run_in_background()
+        handle.stop()
+        handle.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{handle.http_url}/healthz", timeout=2)
+
+    def test_codec_subset_from_settings(self, tiny_bundle):
+        settings = loopback_settings(codecs=["quant"])
+        with CloudService(settings, bundle_loader=lambda _: tiny_bundle).run_in_background() as handle:
+            assert list(handle.service.engine.codecs) == ["quant"]
+            with grpc.insecure_channel(handle.grpc_target) as channel:
+                caps = pb_grpc.FeatureLinkStub(channel).GetCapabilities(pb.CapabilitiesRequest(), timeout=5)
+            assert [c.name for c in caps.codecs] == ["quant"]
+
+
+class TestSettings:
+    def test_environment_with_prefix(self, monkeypatch):
+        monkeypatch.setenv("FPNLINK_CLOUD_GRPC_PORT", "1234")
+        monkeypatch.setenv("FPNLINK_CLOUD_WEIGHTS", "coco")
+        monkeypatch.setenv("FPNLINK_CLOUD_CODECS", '["raw", "quant"]')
+        settings = CloudSettings()
+        assert (settings.grpc_port, settings.weights, settings.codecs) == (1234, "coco", ["raw", "quant"])
+        assert CloudSettings(grpc_port=99).grpc_port == 99  # arguments win over the environment
+
+    def test_defaults(self):
+        settings = CloudSettings()
+        assert (settings.grpc_port, settings.http_port, settings.weights) == (50051, 8080, "random:0")
+        assert settings.max_frame_bytes == 256 * 1024 * 1024
+        assert settings.network_config().min_size == 800
+
+    @pytest.mark.parametrize("kwargs", [{"min_size": 900, "max_size": 800}, {"grpc_port": 70000}, {"workers": 0},
+                                        {"max_frame_bytes": 2**31}, {"unknown": 1}])
+    def test_invalid(self, kwargs):
+        with pytest.raises(ValidationError):
+            CloudSettings(**kwargs)
