@@ -184,7 +184,7 @@ class CloudEngine:
 
         Raises:
             BadFrameError, CodecError: malformed frame or payload, wrong shapes or channels.
-            UnsupportedError: codec or task not served.
+            UnsupportedError: codec or task not served, or tasks that need different backbones.
             FingerprintMismatchError: codec or backbone fingerprint differs from what is served.
             LimitExceededError: ``frame_bytes`` over ``max_frame_bytes``.
         """
@@ -206,6 +206,7 @@ class CloudEngine:
                 f"codec {header.codec!r}: frame carries fingerprint {header.codec_fingerprint!r}, this server "
                 f"decodes {codec.fingerprint!r}; encode with the settings GetCapabilities lists")
         archs = self.bundle.archs_for(header.tasks)
+        self.bundle.backbone_fingerprint_for(header.tasks)  # one backbone must serve every task of a frame
         for task, arch in zip(header.tasks, archs):
             expected = self.bundle.backbone_fingerprints[arch]
             if header.model_fingerprint != expected:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from cloud_helpers import BAD_CASE_NAMES, bad_cases, make_frame
@@ -10,7 +12,8 @@ from fpnlink.cloud import CloudEngine, decode_frame, frame_digest
 from fpnlink.cloud.engine import _ResultCache
 from fpnlink.cloud.errors import status_for
 from fpnlink.shared.codec import make_codec
-from fpnlink.shared.errors import BadFrameError, LimitExceededError, UnsupportedError
+from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
+from fpnlink.shared.model import ModelBundle
 from fpnlink.shared.wire import pb
 
 
@@ -147,3 +150,23 @@ class TestAnalyzeImage:
     def test_rejects_bad_tasks(self, engine, tasks):
         with pytest.raises(UnsupportedError):
             engine.analyze_image(torch.rand(3, 8, 8), tasks)
+
+
+class TestBackbones:
+    def test_tasks_needing_different_backbones_are_refused(self, tiny_bundle, edge_output):
+        mask = copy.deepcopy(tiny_bundle.models["mask"])
+        with torch.no_grad():
+            next(mask.backbone.parameters()).add_(1.0)
+        mixed = ModelBundle("mixed", trained=False, config=tiny_bundle.config,
+                            models={"faster": tiny_bundle.models["faster"], "mask": mask},
+                            categories={a: tiny_bundle.categories[a] for a in ("faster", "mask")})
+        engine = CloudEngine(mixed)
+        frame = make_frame(edge_output, 6, tasks=("detect", "segment"))
+        with pytest.raises(UnsupportedError, match="need different backbones"):
+            engine.process(frame, frame.ByteSize())
+        with pytest.raises(FingerprintMismatchError, match="task 'segment'"):
+            only_segment = make_frame(edge_output, 7, tasks=("segment",))
+            engine.process(only_segment, only_segment.ByteSize())
+        # analyze_image runs each backbone once and serves both tasks.
+        result = engine.analyze_image(torch.rand(3, 64, 64), ["detect", "segment"])
+        assert [r.task for r in result.results] == [pb.DETECT, pb.SEGMENT]
