@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                        settings.weights)
     try:
         return asyncio.run(serve(settings))
-    except FpnlinkError as exc:
+    except (FpnlinkError, OSError) as exc:  # e.g. a port already in use
         print(f"fpnlink-cloud: {exc}", file=sys.stderr)
         return 1
 

@@ -87,6 +87,7 @@ class CloudService:
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self.setup_error: Exception | None = None
+        self._stopping = False
         self._loader = bundle_loader or load_settings_bundle
         self._engine: CloudEngine | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -112,7 +113,9 @@ class CloudService:
         return self._engine
 
     def readiness(self) -> tuple[bool, str]:
-        """``(ready, reason)`` for health endpoints."""
+        """``(ready, reason)`` for health endpoints; not ready while shutting down."""
+        if self._stopping:
+            return False, "shutting down"
         try:
             engine = self.engine
         except NotReadyError as exc:
@@ -239,6 +242,7 @@ class CloudService:
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving: health NOT_SERVING, in-flight requests get ``grace`` seconds, servers close."""
         grace = self.settings.grace_s if grace is None else grace
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         self.metrics.set_ready(False)
         if self._setup_task is not None and not self._setup_task.done():

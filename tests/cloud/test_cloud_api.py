@@ -90,7 +90,7 @@ class TestFrames:
         assert response.status_code == 400
         assert "not a serialized fpnlink.v1.FeatureFrame" in _error(response)["message"]
 
-    def test_wrong_content_type(self, client, edge_output):
+    def test_wrong_content_type(self, client):
         response = client.post("/v1/frames", json={"frame": 1})
         assert response.status_code == 400 and "application/x-protobuf" in _error(response)["message"]
 

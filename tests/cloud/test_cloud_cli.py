@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 import httpx
 import pytest
@@ -59,3 +60,13 @@ def test_serve_exits_1_when_setup_fails(caplog):
     with caplog.at_level(logging.ERROR):
         assert asyncio.run(cli.serve(loopback_settings(), bundle_loader=broken)) == 1
     assert "weights unreadable" in caplog.text
+
+
+def test_port_in_use_exits_1(tiny_bundle, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", str(port),
+                         "--no-warmup", "--log-level", "error"]) == 1
+    assert "fpnlink-cloud:" in capsys.readouterr().err

@@ -140,8 +140,9 @@ class TestAnalyzeImage:
         assert [r.task for r in result.results] == [pb.DETECT] and result.trained is False
         assert all(0 <= d.box[2] <= 128 and 0 <= d.box[3] <= 96 for d in result.results[0].detections)
 
-    @pytest.mark.parametrize("image", [torch.rand(1, 96, 128), torch.rand(96, 128), torch.zeros(3, 8, 8, dtype=torch.uint8),
-                                       torch.full((3, 8, 8), 2.0), torch.zeros(3, 0, 8)])
+    @pytest.mark.parametrize("image", [torch.rand(1, 96, 128), torch.rand(96, 128),
+                                       torch.zeros(3, 8, 8, dtype=torch.uint8), torch.full((3, 8, 8), 2.0),
+                                       torch.zeros(3, 0, 8)])
     def test_rejects_bad_images(self, engine, image):
         with pytest.raises(BadFrameError):
             engine.analyze_image(image, ["detect"])

@@ -63,7 +63,7 @@ class TestReadiness:
         assert http.get("/v1/capabilities").status_code == 503
         assert "fpnlink_cloud_ready 0.0" in http.get("/metrics").text
 
-    def test_setup_failure_is_reported(self, tiny_bundle):
+    def test_setup_failure_is_reported(self):
         def broken_loader(settings: CloudSettings):
             raise WeightsError("no checkpoint at /nowhere.pt")
 
