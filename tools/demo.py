@@ -1,0 +1,183 @@
+"""``fpnlink demo``: the cloud in-process on loopback, the edge streaming generated scenes to it.
+
+Writes ``DIR/inputs/*.png`` (the scenes), ``DIR/annotated/*.png`` (results drawn), ``DIR/results.jsonl``
+(one line per frame) and ``DIR/summary.json``, and prints a per-frame table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fpnlink.cloud.service import CloudService
+from fpnlink.cloud.settings import CloudSettings
+from fpnlink.edge import Client, EdgeAgent, EncodedFrame
+from fpnlink.shared.codec import available_codecs, make_codec
+from fpnlink.shared.errors import WeightsError
+from fpnlink.shared.model import TASKS, ModelBundle, ModelConfig, load_bundle
+from fpnlink.shared.wire import result_to_dict
+
+from .draw import annotate
+from .synth import render_scene
+
+UNTRAINED_NOTICE = (
+    "\n" + "!" * 96 + "\n"
+    "!!  UNTRAINED WEIGHTS ({weights}): detections below are noise from a randomly initialised model.\n"
+    "!!  Use --weights synthetic (fpnlink's reference weights) or --weights coco on a connected machine.\n"
+    + "!" * 96 + "\n"
+)
+
+
+def resolve_weights(requested: str, config: ModelConfig) -> ModelBundle:
+    """``auto`` means ``synthetic`` when its parts are present, else ``random:0``."""
+    if requested != "auto":
+        return load_bundle(requested, config)
+    try:
+        return load_bundle("synthetic", config)
+    except WeightsError as exc:
+        print(f"note: synthetic weights unavailable ({exc}); falling back to random:0")
+        return load_bundle("random:0", config)
+
+
+def generate_scenes(out_dir: Path, count: int, size: int, seed: int) -> list[tuple[str, torch.Tensor]]:
+    """Render ``count`` synthetic scenes, save them as PNG, return ``(name, [3, H, W] float)`` pairs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scenes = []
+    for index in range(count):
+        image, _ = render_scene(np.random.default_rng([seed, index]), size)
+        name = f"scene{index:03d}"
+        Image.fromarray(image).save(out_dir / f"{name}.png")
+        scenes.append((name, torch.from_numpy(image).permute(2, 0, 1).float() / 255))
+    return scenes
+
+
+def _row(name: str, encoded: EncodedFrame, result: dict, transport_ms: float) -> dict:
+    cloud = result["stage_ms"]
+    stages = {
+        "backbone": encoded.stage_ms["backbone"],
+        "encode": encoded.stage_ms["encode"],
+        "transport": transport_ms,
+        "decode": cloud.get("decode", 0.0),
+        "heads": cloud.get("heads", 0.0),
+    }
+    return {
+        "image": name,
+        "frame_id": result["frame_id"],
+        "frame_bytes": result["frame_bytes"],
+        "raw_feature_bytes": encoded.raw_feature_bytes,
+        "ratio": encoded.raw_feature_bytes / max(result["frame_bytes"], 1),
+        "stage_ms": {k: round(v, 1) for k, v in stages.items()},
+        "detections": {task: len(result.get(task, [])) for task in TASKS if task in result},
+        "error": result.get("error"),
+        "result": result,
+    }
+
+
+def _print_table(rows: list[dict]) -> None:
+    header = (f"{'image':<10} {'bytes':>10} {'raw':>11} {'ratio':>6} {'backbone':>9} {'encode':>7} "
+              f"{'transp':>7} {'decode':>7} {'heads':>8}  detections")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ms = row["stage_ms"]
+        found = " ".join(f"{task}={n}" for task, n in row["detections"].items()) or f"ERROR {row['error']}"
+        print(f"{row['image']:<10} {row['frame_bytes']:>10,} {row['raw_feature_bytes']:>11,} {row['ratio']:>6.1f} "
+              f"{ms['backbone']:>9.0f} {ms['encode']:>7.0f} {ms['transport']:>7.0f} {ms['decode']:>7.0f} "
+              f"{ms['heads']:>8.0f}  {found}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ModelConfig(min_size=args.size, max_size=args.size, detections_per_img=args.detections)
+    bundle = resolve_weights(args.weights, config)
+    if not bundle.trained:
+        print(UNTRAINED_NOTICE.format(weights=bundle.weights))
+    codec = make_codec(args.codec)
+    phi = codec.default_phi if args.phi is None else args.phi
+    scenes = generate_scenes(out / "inputs", args.images, args.size, args.seed)
+
+    settings = CloudSettings(host="127.0.0.1", grpc_port=0, http_port=0, weights=bundle.weights,
+                             min_size=config.min_size, max_size=config.max_size,
+                             detections_per_img=config.detections_per_img, warmup=False)
+    started = time.perf_counter()
+    with CloudService(settings, bundle_loader=lambda _: bundle).run_in_background() as cloud:
+        print(f"cloud up on loopback: gRPC :{cloud.grpc_port}, REST :{cloud.http_port} (weights {bundle.weights})")
+        agent = EdgeAgent(bundle, codec, tasks, stream_id="demo")
+        encoded: dict[int, EncodedFrame] = {}
+
+        def frames():
+            for frame_id, (_, image) in enumerate(scenes, start=1):
+                encoded[frame_id] = agent.encode(image, frame_id, dict.fromkeys("0123", phi))
+                yield encoded[frame_id].frame
+
+        rows = []
+        previous_arrival = 0.0
+        with Client(f"127.0.0.1:{cloud.grpc_port}") as client, (out / "results.jsonl").open("w") as jsonl:
+            client.wait_ready()
+            for reply in client.stream_replies(frames(), ordered=True):
+                arrival = time.perf_counter()
+                result = result_to_dict(reply.result)
+                name, image = scenes[result["frame_id"] - 1]
+                # Frames are pipelined: one sent while the cloud still works on the previous frame waits
+                # for it, so that wait is taken out of the round trip along with the cloud's own time.
+                sent = arrival - reply.round_trip_ms / 1e3
+                waited_ms = max(previous_arrival - sent, 0.0) * 1e3
+                transport_ms = max(reply.round_trip_ms - waited_ms - result["stage_ms"].get("total", 0.0), 0.0)
+                previous_arrival = arrival
+                row = _row(name, encoded[result["frame_id"]], result, transport_ms)
+                rows.append(row)
+                jsonl.write(json.dumps(row) + "\n")
+                jsonl.flush()
+                pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+                (out / "annotated").mkdir(exist_ok=True)
+                annotate(pil, result, min_score=args.min_score).save(out / "annotated" / f"{name}.png")
+    _print_table(rows)
+    summary = {
+        "weights": bundle.weights,
+        "trained": bundle.trained,
+        "backbone_fingerprint": agent.model_fingerprint,
+        "codec": codec.name,
+        "codec_fingerprint": codec.fingerprint,
+        "phi": phi,
+        "tasks": tasks,
+        "image_size": args.size,
+        "frames": len(rows),
+        "errors": sum(1 for r in rows if r["error"]),
+        "total_frame_bytes": sum(r["frame_bytes"] for r in rows),
+        "total_raw_feature_bytes": sum(r["raw_feature_bytes"] for r in rows),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "per_frame": [{k: v for k, v in r.items() if k != "result"} for r in rows],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not bundle.trained:
+        print(UNTRAINED_NOTICE.format(weights=bundle.weights))
+    print(f"wrote {out / 'summary.json'}, {out / 'results.jsonl'} and {len(rows)} annotated images in {out / 'annotated'}")
+    return 1 if summary["errors"] else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="cloud in-process + edge over generated scenes; writes a report",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--weights", default="auto",
+                        help="auto (synthetic if present, else random:0), synthetic, coco, random:SEED or a checkpoint")
+    parser.add_argument("--codec", default="quant", choices=available_codecs())
+    parser.add_argument("--phi", type=float, default=None, help="rate parameter for every scale (codec default)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: detect,segment,keypoints")
+    parser.add_argument("--images", type=int, default=4, help="number of generated scenes")
+    parser.add_argument("--size", type=int, default=512, help="scene side and network-input size in pixels")
+    parser.add_argument("--detections", type=int, default=20, help="detections kept per image and task")
+    parser.add_argument("--min-score", type=float, default=0.5, help="score threshold for drawing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.set_defaults(func=run_demo)
