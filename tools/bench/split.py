@@ -39,11 +39,12 @@ def scene(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255
 
 
-def compare_with_monolith(bundle: ModelBundle, image: torch.Tensor, result: pb.Result) -> dict[str, dict]:
-    """Per architecture: largest box, score and keypoint differences, label and mask agreement."""
+def compare_with_monolith(bundle: ModelBundle, image: torch.Tensor, result: pb.Result,
+                          tasks: tuple[str, ...] = TASKS) -> dict[str, dict]:
+    """Per architecture of ``tasks``: largest box, score and keypoint differences, label and mask agreement."""
     by_task = {PB_TO_TASK[r.task]: r for r in result.results}
     report = {}
-    for task in TASKS:
+    for task in tasks:
         arch = TASK_ARCH[task]
         with torch.inference_mode():
             expected = bundle.models[arch]([image])[0]

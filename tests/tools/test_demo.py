@@ -1,0 +1,22 @@
+"""The README's main job, shrunk: one generated scene through the in-process cloud."""
+
+from __future__ import annotations
+
+import json
+
+from fpnlink.tools.cli import main
+
+
+def test_demo_writes_summary_results_and_annotated_images(tmp_path):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--weights", "random:0", "--images", "2", "--size", "128",
+                 "--tasks", "detect,segment", "--detections", "3", "--codec", "quant", "--phi", "4"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 2 and summary["errors"] == 0
+    assert summary["trained"] is False
+    assert 0 < summary["total_frame_bytes"] < summary["total_raw_feature_bytes"]
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame_id"] for line in lines] == [1, 2]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["scene000.png", "scene001.png"]
+    assert len(list((out / "inputs").iterdir())) == 2
