@@ -1,11 +1,12 @@
 """Feature codecs behind one interface, registered by name."""
 
 from .base import DTYPES, FeatureCodec, ScaleRecord
+from .learned import LearnedCodec
 from .quant import QuantCodec
 from .raw import Raw16Codec, RawCodec
 from .registry import available_codecs, make_codec, register_codec
 
 __all__ = [
-    "DTYPES", "FeatureCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
+    "DTYPES", "FeatureCodec", "LearnedCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
     "available_codecs", "make_codec", "register_codec",
 ]

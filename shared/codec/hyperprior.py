@@ -1,0 +1,397 @@
+"""A variable-rate scale-hyperprior codec for 256-channel FPN maps, shared by all four scales.
+
+Ballé et al. 2018 ("Variational image compression with a scale hyperprior") with Cui et al.'s gain
+units (paper 004, Eq. 3) and an integer ``h_s`` (see :mod:`.intnet`). One model serves P2..P5; it is
+conditioned on the scale ``s`` by per-scale normalisation constants (computed from training features,
+stored as buffers) and per-scale gain vectors::
+
+    x [B,256,H,W] ─> (x - mean_s) / std_s ─> pad to 4 ─> g_a ─> y ─> * G_s(phi) ─> y_g
+                                                                                  │
+        z_hat = round(h_a(|y_g|)) ──> EntropyBottleneck (rANS) ──> z string      │
+          │                                                                       │
+          └─> h_s (integer, exact) ─> index ─> GaussianConditional (rANS) <── round(y_g) ─> y string
+
+    decoder: z string ─> z_hat ─> h_s ─> index ─> y string ─> round(y_g) * G'_s(phi) ─> g_s ─> crop ─> * std_s + mean_s
+
+    g_a: conv3x3/2 (256->M), GDN, conv3x3 (M->M)      g_s: conv3x3 (M->M), IGDN, convT4x4/2 (M->256)
+    h_a: conv3x3 (M->Nh), ReLU, conv3x3/2 (Nh->Nz)    h_s: see IntegerScaleNet
+
+The training path (:meth:`FeatureHyperprior.forward`) estimates the rate from likelihoods; the coding
+path (:meth:`compress`, :meth:`decompress`) emits and reads real rANS bytes and refuses to run before
+:meth:`update` has frozen the CDF tables into buffers. The tables are computed once, stored in the
+checkpoint and never recomputed on load, so the encoder and the decoder use byte-identical tables.
+
+Why one shared model and not four (measured with ``fpnlink codec train`` on tiny training; numbers in
+``tools/codec_tools.py``'s docstring): the four scales of an FPN are produced by the same 3x3 output
+convolutions over a top-down sum, so after per-channel normalisation their statistics are close; the
+shared model sees four times the data per weight, takes a quarter of the memory and checkpoint, and
+its per-scale gains absorb the remaining differences in rate.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf
+from compressai.layers import GDN
+from torch import Tensor, nn
+
+from .gain import GainUnits
+from .intnet import Z_MAX, IntegerScaleNet, round_ste
+
+CHECKPOINT_FORMAT = "fpnlink.learned-codec/1"
+PAD_MULTIPLE = 4
+"""Spatial sizes are padded (replicate) to a multiple of this: ``y`` is 1/2 and ``z`` 1/4 of the input."""
+Y_SYMBOL_MAX = 2**20
+"""Latent symbols are clamped to this magnitude before coding (far beyond any trained range)."""
+ENTROPY_PRECISION = 16
+
+
+@dataclass(frozen=True)
+class HyperpriorConfig:
+    """Architecture of a :class:`FeatureHyperprior`; stored in every checkpoint.
+
+    Args:
+        channels: feature channels (256 for torchvision's FPN).
+        latent: ``M``, channels of ``y``.
+        hyper: ``Nz``, channels of ``z``.
+        hidden: hidden channels of ``h_a`` and ``h_s``.
+        num_gains: ``N`` gain vectors per scale; ``phi`` ranges over ``[0, N - 1]``.
+        num_scales: FPN scales served (``'0'..'3'``).
+        scale_min, scale_max, scale_levels: the Gaussian scale table (log-spaced).
+    """
+
+    channels: int = 256
+    latent: int = 128
+    hyper: int = 64
+    hidden: int = 64
+    num_gains: int = 6
+    num_scales: int = 4
+    scale_min: float = 0.11
+    scale_max: float = 256.0
+    scale_levels: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "latent", "hyper", "hidden", "num_scales"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_gains < 2:
+            raise ValueError(f"num_gains must be >= 2, got {self.num_gains}")
+        if not 0 < self.scale_min < self.scale_max or self.scale_levels < 2:
+            raise ValueError(f"bad scale table ({self.scale_min}, {self.scale_max}, {self.scale_levels})")
+
+    @property
+    def log_scale_step(self) -> float:
+        return (math.log(self.scale_max) - math.log(self.scale_min)) / (self.scale_levels - 1)
+
+    def scale_table(self) -> list[float]:
+        return [math.exp(math.log(self.scale_min) + i * self.log_scale_step) for i in range(self.scale_levels)]
+
+
+@dataclass
+class _Tables:
+    """Frozen rANS tables as the coder wants them (lists), built from the model's int32 buffers."""
+
+    cdf: list[list[int]]
+    length: list[int]
+    offset: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _table_buffers(model: nn.Module, prefix: str) -> tuple[Tensor, Tensor, Tensor]:
+    return getattr(model, f"{prefix}_cdf"), getattr(model, f"{prefix}_cdf_length"), getattr(model, f"{prefix}_offset")
+
+
+class FeatureHyperprior(nn.Module):
+    """The shared variable-rate feature codec network (see the module docstring for the data flow).
+
+    Args:
+        config: architecture sizes.
+    """
+
+    def __init__(self, config: HyperpriorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or HyperpriorConfig()
+        c, m, nz, nh = config.channels, config.latent, config.hyper, config.hidden
+        self.register_buffer("feature_mean", torch.zeros(config.num_scales, c))
+        self.register_buffer("feature_std", torch.ones(config.num_scales, c))
+        self.g_a = nn.Sequential(nn.Conv2d(c, m, 3, 2, 1), GDN(m), nn.Conv2d(m, m, 3, 1, 1))
+        self.g_s = nn.Sequential(nn.Conv2d(m, m, 3, 1, 1), GDN(m, inverse=True), nn.ConvTranspose2d(m, c, 4, 2, 1))
+        self.h_a = nn.Sequential(nn.Conv2d(m, nh, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(nh, nz, 3, 2, 1))
+        self.h_s = IntegerScaleNet(nz, nh, m, config.scale_levels)
+        self.gains = GainUnits(config.num_scales, config.num_gains, m)
+        self.entropy_bottleneck = EntropyBottleneck(nz)
+        self.gaussian_conditional = GaussianConditional(None, scale_bound=config.scale_min)
+        for prefix in ("z", "y"):
+            self.register_buffer(f"{prefix}_cdf", torch.zeros(0, 0, dtype=torch.int32))
+            self.register_buffer(f"{prefix}_cdf_length", torch.zeros(0, dtype=torch.int32))
+            self.register_buffer(f"{prefix}_offset", torch.zeros(0, dtype=torch.int32))
+        self._tables: dict[str, _Tables] = {}
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def phi_range(self) -> tuple[float, float]:
+        return self.gains.phi_range
+
+    def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
+        """Per-scale, per-channel constants ``[S, C]`` measured on training features."""
+        expected = (self.config.num_scales, self.config.channels)
+        if tuple(mean.shape) != expected or tuple(std.shape) != expected:
+            raise ValueError(f"mean and std must be {expected}, got {tuple(mean.shape)} and {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("normalisation constants must be finite with std > 0")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
+    def _normalise(self, x: Tensor, scale: Tensor) -> Tensor:
+        inverse_std = self.feature_std[scale][..., None, None].reciprocal()
+        return torch.addcmul(-self.feature_mean[scale][..., None, None] * inverse_std, x, inverse_std)
+
+    def _denormalise(self, x: Tensor, scale: Tensor) -> Tensor:
+        return x * self.feature_std[scale][..., None, None] + self.feature_mean[scale][..., None, None]
+
+    @staticmethod
+    def padded_size(height: int, width: int) -> tuple[int, int]:
+        return (-(-height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+    def latent_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """``[(Nz, h/4, w/4), (M, h/2, w/2)]`` of the padded input: the z and y substreams, in that order."""
+        ph, pw = self.padded_size(height, width)
+        return [(self.config.hyper, ph // 4, pw // 4), (self.config.latent, ph // 2, pw // 2)]
+
+    def _pad(self, x: Tensor) -> Tensor:
+        ph, pw = self.padded_size(x.shape[-2], x.shape[-1])
+        if (ph, pw) == tuple(x.shape[-2:]):
+            return x
+        return F.pad(x, (0, pw - x.shape[-1], 0, ph - x.shape[-2]), mode="replicate")
+
+    def _scale_sigma(self, index: Tensor) -> Tensor:
+        return torch.exp(math.log(self.config.scale_min) + index * self.config.log_scale_step)
+
+    def _z_likelihood(self, z: Tensor) -> Tensor:
+        """EntropyBottleneck likelihood of ``z`` ``[B, Nz, h, w]`` (values already noisy or rounded)."""
+        values = z.transpose(0, 1).reshape(z.shape[1], 1, -1)
+        likelihood, _, _ = self.entropy_bottleneck._likelihood(values)
+        likelihood = self.entropy_bottleneck.likelihood_lower_bound(likelihood)
+        return likelihood.reshape(z.shape[1], z.shape[0], *z.shape[2:]).transpose(0, 1)
+
+    # ------------------------------------------------------------------------------------ training path
+
+    def forward(self, x: Tensor, scale: Tensor, phi: Tensor) -> dict[str, Any]:
+        """Training path: additive noise for the rates, straight-through rounding for the reconstruction.
+
+        Args:
+            x: ``[B, C, H, W]`` raw features.
+            scale: ``[B]`` long FPN scale indexes.
+            phi: ``[B]`` float rate parameters in :attr:`phi_range`.
+
+        Returns:
+            ``x_hat`` (raw domain), ``x_norm`` and ``x_hat_norm`` (normalised domain, for the distortion),
+            ``likelihoods`` (``{"y", "z"}``) and ``bits`` (``[B]``, estimated bits per item).
+        """
+        height, width = x.shape[-2:]
+        x_norm = self._normalise(x, scale)
+        gain, inverse = self.gains(scale, phi)
+        y_g = self.g_a(self._pad(x_norm)) * gain
+        z = self.h_a(y_g.abs())
+        if self.training:
+            z_tilde = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+            y_tilde = y_g + torch.empty_like(y_g).uniform_(-0.5, 0.5)
+        else:
+            z_tilde, y_tilde = torch.round(z), torch.round(y_g)
+        z_hat = round_ste(z).clamp(-Z_MAX, Z_MAX)
+        sigma = self._scale_sigma(self.h_s(z_hat))
+        z_likelihood = self._z_likelihood(z_tilde)
+        y_likelihood = self.gaussian_conditional.likelihood_lower_bound(
+            self.gaussian_conditional._likelihood(y_tilde, sigma))
+        x_hat_norm = self.g_s(round_ste(y_g) * inverse)[..., :height, :width]
+        bits = -(torch.log2(y_likelihood).sum(dim=(1, 2, 3)) + torch.log2(z_likelihood).sum(dim=(1, 2, 3)))
+        return {
+            "x_hat": self._denormalise(x_hat_norm, scale),
+            "x_norm": x_norm,
+            "x_hat_norm": x_hat_norm,
+            "likelihoods": {"y": y_likelihood, "z": z_likelihood},
+            "bits": bits,
+        }
+
+    # -------------------------------------------------------------------------------------- freezing
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Freeze the CDF tables of ``z`` (from the learned density) and ``y`` (from the scale table).
+
+        Run once after training, before saving; decoders load the tables as stored and never call this.
+        """
+        eb = self.entropy_bottleneck
+        eb._update_quantiles()
+        quantiles = eb.quantiles.detach().cpu().double()[:, 0, :]
+        low = torch.floor(quantiles[:, 0]).clamp(-Z_MAX, 0).long()
+        high = torch.ceil(quantiles[:, 2]).clamp(0, Z_MAX).long()
+        base = int(low.min())
+        samples = torch.arange(base, int(high.max()) + 1, dtype=torch.float32, device=eb.quantiles.device)
+        values = samples.view(1, 1, -1).expand(self.config.hyper, 1, -1).contiguous()
+        pmf, lower, upper = (t[:, 0].cpu() for t in eb._likelihood(values, stop_gradient=True))
+        cdfs, lengths = [], []
+        for channel in range(self.config.hyper):
+            start, stop = int(low[channel]) - base, int(high[channel]) - base + 1
+            tail = torch.sigmoid(lower[channel, start:start + 1]) + torch.sigmoid(-upper[channel, stop - 1:stop])
+            cdfs.append(pmf_to_quantized_cdf(torch.cat((pmf[channel, start:stop], tail)), ENTROPY_PRECISION))
+            lengths.append(stop - start + 2)
+        self._store("z", cdfs, lengths, low.tolist())
+
+        gc = GaussianConditional(self.config.scale_table(), scale_bound=self.config.scale_min)
+        gc.update()
+        y_cdfs = [gc._quantized_cdf[i, : int(gc._cdf_length[i])] for i in range(self.config.scale_levels)]
+        self._store("y", y_cdfs, gc._cdf_length.tolist(), gc._offset.tolist())
+
+    def _store(self, prefix: str, cdfs: list[Tensor], lengths: list[int], offsets: list[int]) -> None:
+        width = max(len(c) for c in cdfs)
+        table = torch.zeros(len(cdfs), width, dtype=torch.int32)
+        for i, cdf in enumerate(cdfs):
+            table[i, : len(cdf)] = torch.as_tensor(cdf, dtype=torch.int32)
+        device = self.feature_mean.device
+        setattr(self, f"{prefix}_cdf", table.to(device))
+        setattr(self, f"{prefix}_cdf_length", torch.tensor(lengths, dtype=torch.int32, device=device))
+        setattr(self, f"{prefix}_offset", torch.tensor(offsets, dtype=torch.int32, device=device))
+        self._tables.pop(prefix, None)
+
+    @property
+    def frozen(self) -> bool:
+        return all(getattr(self, f"{p}_cdf").numel() > 0 for p in ("z", "y"))
+
+    def _coder_tables(self, prefix: str) -> _Tables:
+        if not self.frozen:
+            raise RuntimeError("CDF tables are not frozen: run update() before compress()/decompress()")
+        if prefix not in self._tables:
+            cdf, length, offset = (t.cpu() for t in _table_buffers(self, prefix))
+            self._tables[prefix] = _Tables(cdf.tolist(), length.tolist(), offset.tolist())
+        return self._tables[prefix]
+
+    # ---------------------------------------------------------------------------------- coding path
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, scale: int, phi: float) -> dict[str, Any]:
+        """Code a batch of same-sized maps of one scale at one ``phi``.
+
+        Args:
+            x: ``[B, C, H, W]`` raw features.
+            scale: FPN scale index (``0`` for P2 ... ``3`` for P5).
+            phi: rate parameter in :attr:`phi_range`.
+
+        Returns:
+            ``strings``: per item ``[z_bytes, y_bytes]``; ``latent_shapes``: ``[(Nz, h, w), (M, h, w)]``;
+            ``z_symbols``, ``y_symbols`` (int32) and ``indexes`` (int32, the y CDF indexes), for checks.
+        """
+        from compressai import ans
+
+        batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        device = self.feature_mean.device
+        scales = torch.full((batch,), scale, dtype=torch.long, device=device)
+        phis = torch.full((batch,), float(phi), dtype=torch.float32, device=device)
+        gain, _ = self.gains(scales, phis)
+        y_g = self.g_a(self._pad(self._normalise(x.to(device, torch.float32), scales))) * gain
+        z_symbols = torch.round(self.h_a(y_g.abs())).clamp(-Z_MAX, Z_MAX).to("cpu", torch.int32)
+        indexes = self.h_s.indexes(z_symbols)
+        y_symbols = torch.round(y_g).clamp(-Y_SYMBOL_MAX, Y_SYMBOL_MAX).to("cpu", torch.int32)
+        z_tables, y_tables = self._coder_tables("z"), self._coder_tables("y")
+        z_index = _channel_indexes(z_symbols.shape[1:])
+        strings = []
+        encoder = ans.RansEncoder()
+        for i in range(batch):
+            z_bytes = encoder.encode_with_indexes(z_symbols[i].numpy().ravel().tolist(), z_index,
+                                                  z_tables.cdf, z_tables.length, z_tables.offset)
+            y_bytes = encoder.encode_with_indexes(y_symbols[i].numpy().ravel().tolist(),
+                                                  indexes[i].numpy().ravel().tolist(),
+                                                  y_tables.cdf, y_tables.length, y_tables.offset)
+            strings.append([z_bytes, y_bytes])
+        return {
+            "strings": strings,
+            "latent_shapes": self.latent_shapes(height, width),
+            "z_symbols": z_symbols,
+            "y_symbols": y_symbols,
+            "indexes": indexes,
+        }
+
+    @torch.no_grad()
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], scale: int, phi: float) -> dict[str, Any]:
+        """Decode what :meth:`compress` produced.
+
+        Args:
+            strings: per item ``[z_bytes, y_bytes]``.
+            shape: ``(H, W)`` of the decoded maps (the padding is derived from it).
+            scale, phi: as given to :meth:`compress`.
+
+        Returns:
+            ``x_hat`` ``[B, C, H, W]`` float32 (on the model's device), plus ``z_symbols``, ``y_symbols``
+            and ``indexes`` (int32, CPU).
+        """
+        from compressai import ans
+
+        height, width = shape
+        (nz, zh, zw), (m, yh, yw) = self.latent_shapes(height, width)
+        z_tables, y_tables = self._coder_tables("z"), self._coder_tables("y")
+        z_index = _channel_indexes((nz, zh, zw))
+        decoder = ans.RansDecoder()
+        z_symbols = torch.empty(len(strings), nz, zh, zw, dtype=torch.int32)
+        for i, (z_bytes, _) in enumerate(strings):
+            values = decoder.decode_with_indexes(z_bytes, z_index, z_tables.cdf, z_tables.length, z_tables.offset)
+            z_symbols[i] = _int32_tensor(values).view(nz, zh, zw)
+        z_symbols.clamp_(-Z_MAX, Z_MAX)
+        indexes = self.h_s.indexes(z_symbols)
+        y_symbols = torch.empty(len(strings), m, yh, yw, dtype=torch.int32)
+        for i, (_, y_bytes) in enumerate(strings):
+            values = decoder.decode_with_indexes(y_bytes, indexes[i].numpy().ravel().tolist(),
+                                                 y_tables.cdf, y_tables.length, y_tables.offset)
+            y_symbols[i] = _int32_tensor(values).view(m, yh, yw)
+        device = self.feature_mean.device
+        scales = torch.full((len(strings),), scale, dtype=torch.long, device=device)
+        phis = torch.full((len(strings),), float(phi), dtype=torch.float32, device=device)
+        _, inverse = self.gains(scales, phis)
+        hidden = self.g_s[:-1](y_symbols.to(device, torch.float32) * inverse)
+        # The de-normalisation is folded into the last layer (one pass over the full-size output).
+        last, std, mean = self.g_s[-1], self.feature_std[scale], self.feature_mean[scale]
+        x_hat = F.conv_transpose2d(hidden, last.weight * std.view(1, -1, 1, 1), torch.addcmul(mean, last.bias, std),
+                                   stride=last.stride, padding=last.padding)
+        return {"x_hat": x_hat[..., :height, :width], "z_symbols": z_symbols, "y_symbols": y_symbols,
+                "indexes": indexes}
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A self-describing checkpoint: format, architecture config, weights with frozen tables, provenance."""
+        return {"format": CHECKPOINT_FORMAT, "config": asdict(self.config),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "meta": dict(meta or {})}
+
+    @classmethod
+    def from_checkpoint(cls, blob: dict[str, Any]) -> FeatureHyperprior:
+        """Rebuild from :meth:`checkpoint` output; the table buffers are resized to the stored ones."""
+        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+            found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {found!r})")
+        model = cls(HyperpriorConfig(**blob["config"]))
+        state = blob["state_dict"]
+        for prefix in ("z", "y"):
+            for name in (f"{prefix}_cdf", f"{prefix}_cdf_length", f"{prefix}_offset"):
+                if name in state:
+                    setattr(model, name, torch.zeros_like(state[name]))
+        model.load_state_dict(state)
+        model._tables.clear()
+        return model
+
+
+def _int32_tensor(values: list[int]) -> Tensor:
+    """A list of Python ints as an int32 tensor (``array`` converts in C, several times faster than torch)."""
+    return torch.frombuffer(array.array("i", values), dtype=torch.int32) if values else torch.zeros(0, dtype=torch.int32)
+
+
+def _channel_indexes(shape: tuple[int, ...] | torch.Size) -> list[int]:
+    """CDF index of every element of a ``[C, h, w]`` hyper-latent: its channel."""
+    channels, height, width = shape
+    return torch.arange(channels, dtype=torch.int32).repeat_interleave(height * width).tolist()

@@ -1,0 +1,206 @@
+"""``learned``: the shared variable-rate hyperprior codec (:mod:`.hyperprior`) behind the codec interface.
+
+Each scale's payload is one :mod:`.container` payload with two substreams, ``z`` then ``y``::
+
+    encode: '0'..'3' -> [N, 256, H, W] ─> FeatureHyperprior.compress (one batch per scale) ─> pack ─> ScaleRecord
+    decode: ScaleRecord ─> unpack (magic, version, codec, fingerprint, limits, lengths, CRC)
+                        ─> latent shapes == those implied by (C, H, W) ─> decompress ─> [C, H, W] float32
+
+``phi`` lies in ``[0, N - 1]`` (``N`` gain vectors of the checkpoint) and travels in both the record
+and the payload header, which must agree. The decoder depends on nothing but the payload and the
+checkpoint: the CDF tables are stored in the checkpoint and the CDF indexes are computed by the
+integer scale network (:mod:`.intnet`), so a stream decodes identically on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..errors import CodecError, WeightsError
+from ..model.fingerprint import hash_state
+from . import container
+from .base import FeatureCodec, ScaleRecord
+from .intnet import EXACT_LIMIT
+from .registry import register_codec
+
+if TYPE_CHECKING:
+    from .hyperprior import FeatureHyperprior
+
+DEFAULT_CHECKPOINT = Path(__file__).with_name("assets") / "learned-tiny.pt"
+"""A tiny model (M=16, 4 gain levels) trained on ``random:0`` features at 128 px: for tests and wiring,
+not for quality. Rebuilt with::
+
+    fpnlink codec extract --data synth:24:0:128 --weights random:0 --min-size 128 --max-size 128 --out T
+    fpnlink codec train --shards T --out tiny.pt --steps 1500 --batch 8 --crop 32 --latent 16 --hyper 8 \
+        --hidden 16 --lambdas 16,128,1024,8192 --lr 2e-3 --threads 1
+    fpnlink codec export --ckpt tiny.pt --out shared/codec/assets/learned-tiny.pt
+"""
+SCALE_INDEX: dict[str, int] = {"0": 0, "1": 1, "2": 2, "3": 3}
+MIN_STREAM_BYTES = 8
+"""An rANS stream always holds at least its 64-bit final state."""
+_DECODE_GUARD = bytes(16)
+"""Zero bytes appended to a stream before rANS decoding, so a short over-read stays inside the buffer."""
+
+
+def symbol_crc(symbols: Tensor) -> int:
+    """CRC32 of an int32 symbol tensor's little-endian bytes (the container's per-substream check)."""
+    return zlib.crc32(symbols.contiguous().numpy().astype("<i4", copy=False).tobytes())
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> FeatureHyperprior:
+    """Load a frozen :class:`FeatureHyperprior` checkpoint; :class:`WeightsError` when unusable.
+
+    CompressAI is imported here, not at module import: it pulls in torch_geometric and costs seconds.
+    """
+    from .hyperprior import FeatureHyperprior
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise WeightsError(f"no learned-codec checkpoint at {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = FeatureHyperprior.from_checkpoint(blob)
+    except Exception as exc:  # torch and load_state_dict raise several types for a bad file
+        raise WeightsError(f"cannot load learned-codec checkpoint {path}: {exc}") from exc
+    if not model.frozen:
+        raise WeightsError(f"checkpoint {path} has no frozen CDF tables; it was saved before update()")
+    if model.h_s.exact_bound() >= EXACT_LIMIT:
+        raise WeightsError(f"checkpoint {path}: the integer scale network could exceed exact float64 range")
+    return model.to(device).eval()
+
+
+@register_codec("learned")
+class LearnedCodec(FeatureCodec):
+    """Variable-rate learned codec from one checkpoint.
+
+    Args:
+        checkpoint: a ``fpnlink.learned-codec/1`` file (``fpnlink codec train``); the shipped tiny
+            model when omitted.
+        device: where the analysis/synthesis transforms run (entropy coding and the integer scale
+            network always run on the CPU).
+    """
+
+    name = "learned"
+    lossless = False
+    phi_range = (0.0, 5.0)
+    default_phi = 2.5
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+        self.device = torch.device(device)
+        self.model = load_model(self.checkpoint, self.device)
+        low, high = self.model.phi_range
+        self.phi_range = (low, high)
+        self.default_phi = (low + high) / 2
+        self._digest = hash_state(self.model.state_dict(), json.dumps(asdict(self.model.config), sort_keys=True))
+
+    def config(self) -> dict[str, Any]:
+        from .hyperprior import CHECKPOINT_FORMAT
+
+        return {"format": CHECKPOINT_FORMAT, "container": container.VERSION, **asdict(self.model.config)}
+
+    def weights_digest(self) -> str:
+        return self._digest
+
+    # ------------------------------------------------------------------------------------------ encode
+
+    def encode(self, features: dict[str, Tensor], phi: dict[str, float] | None = None) -> list[ScaleRecord]:
+        """Code one frame; see :meth:`FeatureCodec.encode`."""
+        for name, tensor in features.items():
+            if tensor.dim() != 4 or tensor.shape[0] != 1:
+                raise ValueError(f"scale {name!r}: expected [1, C, H, W], got {tuple(tensor.shape)}")
+        return [frame[0] for frame in self._encode_scales(features, phi)]
+
+    def encode_batch(self, features: dict[str, Tensor], phi: dict[str, float] | None = None,
+                     ) -> list[list[ScaleRecord]]:
+        """Code ``N`` frames at once (one network pass per scale).
+
+        Args:
+            features: ``'0'..'3'`` -> ``[N, C, H, W]``.
+            phi: rate parameter per scale, the same for every frame.
+
+        Returns:
+            One list of records per frame, in input order.
+        """
+        per_scale = self._encode_scales(features, phi)
+        count = len(per_scale[0]) if per_scale else 0
+        return [[records[i] for records in per_scale] for i in range(count)]
+
+    def _encode_scales(self, features: dict[str, Tensor], phi: dict[str, float] | None) -> list[list[ScaleRecord]]:
+        phi = phi or {}
+        batch_sizes = {int(t.shape[0]) for t in features.values() if t.dim() == 4}
+        if len(batch_sizes) > 1:
+            raise ValueError(f"every scale needs the same batch size, got {sorted(batch_sizes)}")
+        per_scale = []
+        for name, tensor in features.items():
+            if name not in SCALE_INDEX:
+                raise ValueError(f"learned codec codes scales {list(SCALE_INDEX)}, got {name!r}")
+            if tensor.dim() != 4 or tensor.shape[1] != self.model.config.channels:
+                raise ValueError(f"scale {name!r}: expected [N, {self.model.config.channels}, H, W], "
+                                 f"got {tuple(tensor.shape)}")
+            value = self.check_phi(phi.get(name, self.default_phi))
+            per_scale.append(self._encode_one_scale(name, tensor.detach(), value))
+        return per_scale
+
+    def _encode_one_scale(self, name: str, tensor: Tensor, phi: float) -> list[ScaleRecord]:
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"scale {name!r}: features contain NaN or infinity")
+        shape = (int(tensor.shape[1]), int(tensor.shape[2]), int(tensor.shape[3]))
+        coded = self.model.compress(tensor, SCALE_INDEX[name], phi)
+        records = []
+        for i, streams in enumerate(coded["strings"]):
+            checks = (symbol_crc(coded["z_symbols"][i]), symbol_crc(coded["y_symbols"][i]))
+            header = container.PayloadHeader(self.name, self.fingerprint, SCALE_INDEX[name], shape, phi,
+                                             tuple(coded["latent_shapes"]), checks)
+            records.append(ScaleRecord(name, shape, self.output_dtype(), phi, container.pack(header, streams)))
+        return records
+
+    def encode_scale(self, tensor: Tensor, phi: float, name: str | None = None) -> bytes:
+        """Code one ``[C, H, W]`` map of scale ``name`` (required: the model is conditioned on it)."""
+        if name is None:
+            raise ValueError("the learned codec is conditioned on the scale: pass name='0'..'3' or use encode()")
+        return self._encode_one_scale(name, tensor.unsqueeze(0), self.check_phi(phi))[0].payload
+
+    # ------------------------------------------------------------------------------------------ decode
+
+    def decode_scale(self, record: ScaleRecord) -> Tensor:
+        return self.decode_symbols(record)["x_hat"][0]
+
+    def decode_symbols(self, record: ScaleRecord) -> dict[str, Tensor]:
+        """Decode one validated record; returns ``x_hat`` ``[1, C, H, W]`` and the decoded integer latents."""
+        header, streams = container.unpack(record.payload, codec=self.name, fingerprint=self.fingerprint)
+        scale = SCALE_INDEX.get(record.name)
+        if scale is None:
+            raise CodecError(f"learned codec decodes scales {list(SCALE_INDEX)}, not {record.name!r}")
+        channels, height, width = record.shape
+        if header.scale != scale or header.shape != record.shape or header.phi != record.phi:
+            raise CodecError(f"scale {record.name!r}: payload header (scale {header.scale}, shape {header.shape}, "
+                             f"phi {header.phi}) disagrees with the record ({scale}, {record.shape}, {record.phi})")
+        if record.dtype != self.output_dtype():
+            raise CodecError(f"scale {record.name!r}: learned codec outputs {self.output_dtype()}, not {record.dtype}")
+        if channels != self.model.config.channels:
+            raise CodecError(f"scale {record.name!r}: {channels} channels, this model codes "
+                             f"{self.model.config.channels}")
+        expected = tuple(self.model.latent_shapes(height, width))
+        if header.latent_shapes != expected:
+            raise CodecError(f"scale {record.name!r}: latent shapes {header.latent_shapes} do not match "
+                             f"{expected} implied by {record.shape}")
+        if any(len(s) < MIN_STREAM_BYTES for s in streams):
+            raise CodecError(f"scale {record.name!r}: a substream is shorter than {MIN_STREAM_BYTES} bytes")
+        try:
+            out = self.model.decompress([[s + _DECODE_GUARD for s in streams]], (height, width), scale, record.phi)
+        except (RuntimeError, ValueError, OverflowError) as exc:
+            raise CodecError(f"scale {record.name!r}: cannot decode the entropy-coded streams ({exc})") from exc
+        decoded = (symbol_crc(out["z_symbols"][0]), symbol_crc(out["y_symbols"][0]))
+        if decoded != header.checks:
+            raise CodecError(f"scale {record.name!r}: decoded symbols fail their check: corrupt payload, or an "
+                             "encoder whose CDF indexes differ from this decoder's")
+        out["x_hat"] = out["x_hat"].float().cpu()
+        return out
