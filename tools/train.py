@@ -38,7 +38,6 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
@@ -49,6 +48,7 @@ from tqdm import tqdm
 
 from ..shared.model.assets import write_asset
 from ..shared.model.zoo import BUNDLE_FORMAT, ModelConfig, load_bundle
+from .evaluation import ARCH_IOU_TYPE, COCO_KEYPOINT_SIGMAS, coco_ap, coco_results
 from .synth import KEYPOINTS, PERSON
 
 BACKGROUND = "__background__"
@@ -278,57 +278,21 @@ def evaluate(
     tasks = ["detect", "segment", "keypoints"]
     edge = bundle.edge_half(tasks).to(device)
     clouds = {arch: bundle.cloud_half(arch).to(device) for arch in bundle.archs_for(tasks)}
-    results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": [], "keypoints": []}
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    image_ids = dataset.ids[:count]
+    results: dict[str, list[dict[str, Any]]] = {ARCH_IOU_TYPE[arch]: [] for arch in clouds}
     for index in tqdm(range(count), desc=f"eval {split}", disable=not progress, mininterval=10):
         image_id = dataset.ids[index]
         features, image_sizes, original_sizes = edge([dataset.image(index).to(device)])
         for arch, cloud in clouds.items():
             out = {k: v.cpu() for k, v in cloud(features, image_sizes, original_sizes)[0].items()}
-            results[_IOU_TYPE[arch]].extend(_coco_results(arch, out, image_id, dataset.person_label))
+            results[ARCH_IOU_TYPE[arch]].extend(coco_results(arch, out, image_id, dataset.person_label))
     metrics: dict[str, float] = {"images": float(count)}
     for iou_type, dets in results.items():
         cat_ids = [dataset.person_label] if iou_type == "keypoints" else None
-        ap, ap50 = _coco_ap(dataset.coco, dets, iou_type, dataset.ids[:count], cat_ids)
-        metrics[f"{iou_type}_AP"], metrics[f"{iou_type}_AP50"] = ap, ap50
+        ap, ap50 = coco_ap(dataset.coco, dets, iou_type, image_ids, cat_ids, COCO_KEYPOINT_SIGMAS)
+        metrics[f"{iou_type}_AP"], metrics[f"{iou_type}_AP50"] = ap or 0.0, ap50 or 0.0
     return metrics
-
-
-_IOU_TYPE = {"faster": "bbox", "mask": "segm", "keypoint": "keypoints"}
-
-
-def _coco_results(arch: str, out: dict[str, Tensor], image_id: int, person_label: int) -> list[dict[str, Any]]:
-    dets = []
-    for i in range(len(out["boxes"])):
-        label = int(out["labels"][i])
-        if arch == "keypoint" and label != person_label:
-            continue
-        x0, y0, x1, y1 = (float(v) for v in out["boxes"][i])
-        det: dict[str, Any] = {"image_id": image_id, "category_id": label, "score": float(out["scores"][i]),
-                               "bbox": [x0, y0, x1 - x0, y1 - y0]}
-        if arch == "mask":
-            binary = (out["masks"][i, 0] > 0.5).numpy().astype(np.uint8)
-            rle = mask_utils.encode(np.asfortranarray(binary))
-            det["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-        elif arch == "keypoint":
-            det["keypoints"] = out["keypoints"][i].reshape(-1).tolist()
-        dets.append(det)
-    return dets
-
-
-def _coco_ap(coco: COCO, dets: list[dict[str, Any]], iou_type: str, image_ids: list[int],
-             cat_ids: list[int] | None) -> tuple[float, float]:
-    if not dets:
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(coco, coco.loadRes(dets), iou_type)
-        evaluator.params.imgIds = image_ids
-        if cat_ids is not None:
-            evaluator.params.catIds = cat_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return max(0.0, float(evaluator.stats[0])), max(0.0, float(evaluator.stats[1]))
 
 
 # ---------------------------------------------------------------------------------------------- training
