@@ -1,15 +1,24 @@
-"""MFIBA models: budgets, Eq. 6 allocation against scipy, Eq. 3 and Eq. 7 fits."""
+"""MFIBA: budgets, Eq. 6 allocation against scipy, Eq. 3 / Eq. 7 fits, MFIP, fast predictor, profile, control."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import numpy as np
 import pytest
+import torch
 
+from fpnlink.shared.codec import make_codec
+from fpnlink.shared.errors import FingerprintMismatchError
 from fpnlink.shared.mfiba import (
-    InfeasibleBudgetError, ScaleRateModel, allocate, closed_form_rates, fit_cauchy, fit_loss_rate, fit_quadratic,
-    fit_rate_phi, parse_budget,
+    BackboneInfo, CodecInfo, FullMfip, InfeasibleBudgetError, Profile, RateController, ScaleRateModel, allocate,
+    closed_form_rates, feature_stats, fit_cauchy, fit_loss_rate, fit_quadratic, fit_rate_phi, load_profile,
+    make_importance, normalise_losses, parse_budget, parse_mfip_mode, profile_from_dict, pseudo_ap,
+    quality_levels, train_fast_predictor,
 )
 from fpnlink.shared.mfiba.allocate import numeric_rates
+from fpnlink.shared.mfiba.calibration import detect_phi_grid, rate_points
 from fpnlink.shared.model import TRANSMITTED_SCALES
 
 NAMES = list(TRANSMITTED_SCALES)
@@ -205,3 +214,239 @@ class TestRatePhi:
             fit_rate_phi([1, 2, 3], [30, 20, 10], (1.0, 3.0))
         with pytest.raises(ValueError, match="2 distinct"):
             fit_rate_phi([1, 1], [30, 31], (1.0, 3.0))
+
+
+class TestMfipPieces:
+    @pytest.mark.parametrize("text, kind", [("full", "full"), ("fast", "fast"), ("uniform", "uniform"),
+                                            ("fixed:4,3,2,1", "fixed")])
+    def test_modes(self, text, kind):
+        mode = parse_mfip_mode(text)
+        assert mode.kind == kind
+        if kind == "fixed":
+            assert mode.weights == pytest.approx((0.4, 0.3, 0.2, 0.1))
+
+    @pytest.mark.parametrize("text, message", [("slow", "unknown MFIP mode"), ("fixed:1,2", "need 4"),
+                                               ("fixed:a,b,c,d", "must be numbers"), ("fixed:0,0,0,0", "not all zero"),
+                                               ("fixed:-1,1,1,1", "non-negative")])
+    def test_bad_modes(self, text, message):
+        with pytest.raises(ValueError, match=message):
+            parse_mfip_mode(text)
+
+    def test_normalise(self):
+        losses = np.array([[0.9, 0.5], [0.5, 0.3], [0.1, 0.1], [0.1, 0.2]])
+        d, w, degenerate = normalise_losses(losses)
+        assert d == pytest.approx([1.0, 0.5, 0.0, 0.125]) and w.sum() == pytest.approx(1.0) and not degenerate
+        _, w, degenerate = normalise_losses(np.zeros((4, 3)))
+        assert degenerate and w == pytest.approx([0.25] * 4)
+
+    def test_quality_levels(self):
+        assert quality_levels((1.0, 8.0), 4, integer=True) == (1.0, 3.0, 6.0, 8.0)
+        assert quality_levels((0.0, 3.0), 4) == pytest.approx((0.0, 1.0, 2.0, 3.0))
+        with pytest.raises(ValueError, match="1..8"):
+            quality_levels((0.0, 3.0), 9)
+
+    def test_pseudo_ap(self):
+        gt = {"boxes": torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40.0]]), "labels": torch.tensor([1, 2]),
+              "scores": torch.tensor([0.9, 0.8])}
+        assert pseudo_ap(gt, gt) == pytest.approx(1.0)
+        shifted = {**gt, "boxes": gt["boxes"] + 3}
+        assert 0 < pseudo_ap(shifted, gt) < 1
+        relabelled = {**gt, "labels": torch.tensor([2, 1])}
+        assert pseudo_ap(relabelled, gt) == 0.0
+        empty = {k: v[:0] for k, v in gt.items()}
+        assert pseudo_ap(empty, empty) == 1.0 and pseudo_ap(empty, gt) == 0.0 and pseudo_ap(gt, empty) == 0.0
+
+    def test_fixed_and_uniform_importance(self):
+        features = {n: torch.zeros(1, 1, 2, 2) for n in NAMES}
+        assert make_importance("uniform")(features, [], []).weights == dict.fromkeys(NAMES, 0.25)
+        assert make_importance("fixed:1,1,2,0")(features, [], []).weights["2"] == pytest.approx(0.5)
+        with pytest.raises(ValueError, match="trained predictor"):
+            make_importance("fast")
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny_bundle) -> list[tuple[dict[str, torch.Tensor], list, list]]:
+    """Edge-half outputs of 5 small scenes (2 for fitting a profile, 3 held out)."""
+    from fpnlink.tools.synth import render_scene
+
+    edge = tiny_bundle.edge_half(["detect"])
+    out = []
+    with torch.inference_mode():
+        for seed in range(5):
+            image, _ = render_scene(np.random.default_rng([42, seed]), 128)
+            tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+            out.append(edge([tensor]))
+    return out
+
+
+class TestFullMfip:
+    def test_weights_and_one_batched_heads_call(self, tiny_bundle, tiny_features):
+        features, image_sizes, original_sizes = tiny_features[0]
+        model = tiny_bundle.models["faster"]
+        batches: list[int] = []
+        hook = model.rpn.register_forward_hook(lambda module, args, out: batches.append(len(args[0].image_sizes)))
+        try:
+            result = FullMfip(tiny_bundle, make_codec("quant"), ["detect"], levels=2)(
+                features, image_sizes, original_sizes)
+        finally:
+            hook.remove()
+        assert batches == [1 + 4 * 2]  # one heads call for faster R-CNN: the reference plus 4 scales x 2 levels
+        assert list(result.weights) == NAMES
+        assert sum(result.weights.values()) == pytest.approx(1.0) and min(result.weights.values()) >= 0
+        assert all(len(result.losses[n]) == 2 and len(result.rate_bits[n]) == 2 for n in NAMES)
+        # Lower quality costs fewer bits.
+        assert all(result.rate_bits[n] == sorted(result.rate_bits[n]) for n in NAMES)
+        assert set(result.timing_ms) == {"precode", "heads", "scoring", "total"}
+
+    def test_bad_levels(self, tiny_bundle):
+        with pytest.raises(ValueError, match="phi must lie"):
+            FullMfip(tiny_bundle, make_codec("quant"), ["detect"], levels=[0.0, 9.0])
+
+
+class TestFastPredictor:
+    def test_trains_on_labels_and_predicts_weights(self):
+        rng = np.random.default_rng(8)
+        stats = rng.normal(size=(40, 20))
+        logits = stats[:, [0, 5, 10, 15]] * 1.5
+        labels = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        predictor = train_fast_predictor(stats, labels)
+        predicted = predictor.predict_stats(stats)
+        assert predicted.shape == (40, 4) and np.allclose(predicted.sum(1), 1) and (predicted >= 0).all()
+        assert predictor.train["train_mae"] < 0.5 * predictor.train["prior_mae"]
+
+    def test_round_trip_and_real_features(self, tiny_features):
+        stats = np.array([feature_stats(f) for f, _, _ in tiny_features[:3]])
+        labels = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])
+        predictor = train_fast_predictor(stats, labels)
+        again = type(predictor).from_params(json.loads(json.dumps(predictor.to_params())))
+        weights = again.predict(tiny_features[3][0])
+        assert list(weights) == NAMES and sum(weights.values()) == pytest.approx(1.0)
+        assert weights == pytest.approx(predictor.predict(tiny_features[3][0]))
+
+    def test_bad_labels(self):
+        with pytest.raises(ValueError, match="summing to 1"):
+            train_fast_predictor(np.zeros((2, 20)), np.ones((2, 4)))
+
+
+def _fitted_profile(codec, fit_features, fast: bool = True) -> Profile:
+    """A profile whose rate-phi models are fitted on real payloads of ``fit_features`` (no heads)."""
+    grid = detect_phi_grid(codec, "3", fit_features[0][0]["3"])
+    phis = rate_points(codec.phi_range, grid)
+    pairs: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in NAMES}
+    for features, _, _ in fit_features:
+        for n in NAMES:
+            positions = features[n].shape[-2] * features[n].shape[-1]
+            for phi in phis:
+                bits = 8 * len(codec.encode({n: features[n]}, {n: phi})[0].payload)
+                pairs[n][0].append(phi)
+                pairs[n][1].append(bits / positions)
+    rng = np.random.default_rng(9)
+    samples = {}
+    for n in NAMES:
+        w, r = rng.uniform(0.1, 0.4, 12), 10 ** rng.uniform(2, 3.3, 12)
+        samples[n] = (w, w * 30.0 * r**-0.6, r)
+    predictor = None
+    if fast:
+        stats = np.array([feature_stats(f) for f, _, _ in fit_features])
+        predictor = train_fast_predictor(stats, np.full((len(stats), 4), 0.25))
+    return Profile(
+        codec=CodecInfo(codec.name, codec.fingerprint, codec.phi_range, grid),
+        backbone=BackboneInfo("random:0", "feedfacefeedface", 128, 128),
+        tasks=("detect",),
+        loss_rate=fit_loss_rate(samples),
+        rate_phi={n: fit_rate_phi(*pairs[n], codec.phi_range) for n in NAMES},
+        fast_predictor=predictor,
+        calibration={"images": len(fit_features)},
+        samples={"rate_phi": [[n, p, r] for n in NAMES for p, r in zip(*pairs[n])]},
+    )
+
+
+@pytest.fixture(scope="module")
+def quant_profile(tiny_features) -> Profile:
+    return _fitted_profile(make_codec("quant"), tiny_features[:2])
+
+
+class TestProfile:
+    def test_round_trip(self, quant_profile, tmp_path):
+        path = quant_profile.save(tmp_path / "profile.json")
+        loaded = load_profile(path)
+        assert loaded.codec == quant_profile.codec and loaded.codec.phi_grid == "integer"
+        assert loaded.to_dict() == json.loads(path.read_text())
+        for n in NAMES:
+            assert loaded.rate_phi[n].rate(4.5) == pytest.approx(quant_profile.rate_phi[n].rate(4.5))
+
+    @pytest.mark.parametrize("edit, message", [
+        (lambda d: d.update(format="fpnlink.mfiba.profile/0"), "format must be"),
+        (lambda d: d.pop("codec"), "codec is missing"),
+        (lambda d: d["codec"].update(phi_range=[8, 1]), "codec.phi_range"),
+        (lambda d: d["codec"].update(phi_grid="hex"), "codec.phi_grid"),
+        (lambda d: d["backbone"].update(min_size="128"), "backbone.min_size"),
+        (lambda d: d.update(tasks=["count"]), "tasks must be"),
+        (lambda d: d["loss_rate"]["global"].update(beta=-0.5), "loss_rate.global.beta must be positive"),
+        (lambda d: d["loss_rate"]["scales"]["2"].update(alpha="big"), "loss_rate.scales.2.alpha must be a finite"),
+        (lambda d: d["loss_rate"]["scales"]["1"].update(cc=3.0), "loss_rate.scales.1.cc must lie in"),
+        (lambda d: d["rate_phi"]["0"].update(a=0.0), "rate_phi.0.a must be positive"),
+        (lambda d: d["rate_phi"]["0"].update(kind="cubic"), "rate_phi.0.kind"),
+        (lambda d: d["rate_phi"]["1"].update(knots_rate=[5.0, 1.0]), "rate_phi.1"),
+        (lambda d: d["fast_predictor"]["layers"][0].update(bias=[1.0]), "fast_predictor.layers\\[0\\].bias"),
+        (lambda d: d.update(rate_unit="bytes"), "rate_unit"),
+    ])
+    def test_bad_profiles_name_the_field(self, quant_profile, tmp_path, edit, message):
+        broken = copy.deepcopy(quant_profile.to_dict())
+        edit(broken)
+        with pytest.raises(ValueError, match=message):
+            profile_from_dict(broken)
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="invalid MFIBA profile"):
+            load_profile(path)
+
+    def test_unreadable_files(self, tmp_path):
+        with pytest.raises(ValueError, match="no MFIBA profile"):
+            load_profile(tmp_path / "missing.json")
+        (tmp_path / "bad.json").write_text("{not json")
+        with pytest.raises(ValueError, match="cannot read"):
+            load_profile(tmp_path / "bad.json")
+
+    def test_compatibility(self, quant_profile):
+        quant_profile.check_compatible(make_codec("quant"), "feedfacefeedface")
+        with pytest.raises(FingerprintMismatchError, match="codec quant"):
+            quant_profile.check_compatible(make_codec("quant", zlib_level=1), "feedfacefeedface")
+        with pytest.raises(FingerprintMismatchError, match="backbone"):
+            quant_profile.check_compatible(make_codec("quant"), "0000")
+
+
+class TestControl:
+    def test_quant_lands_within_tolerance(self, quant_profile, tiny_features):
+        codec = make_codec("quant")
+        held_out = tiny_features[2:]
+        low = sum(quant_profile.rate_phi[n].r_min * _positions(held_out[0][0], n) for n in NAMES)
+        high = sum(quant_profile.rate_phi[n].r_max * _positions(held_out[0][0], n) for n in NAMES)
+        errors = []
+        for fraction in (0.3, 0.6, 0.9):
+            budget = low * (high / low) ** fraction
+            controller = RateController(codec, quant_profile, tolerance=0.03, overhead_bits=0)
+            for features, _, _ in held_out:
+                result = controller.code(features, quant_profile.fast_predictor.predict(features), budget)
+                actual = 8 * sum(len(r.payload) for r in result.records)
+                assert actual == result.payload_bits and result.passes in (1, 2)
+                assert set(result.planned_bits) == set(NAMES) and result.allocation.feasible
+                assert all(float(p).is_integer() for p in result.phi.values())  # quant: integer bit depths
+                errors.append(abs(actual - budget) / budget)
+        assert np.median(errors) <= 0.03 and max(errors) <= 0.10, errors
+
+    def test_impossible_budget_is_clamped_and_flagged(self, quant_profile, tiny_features):
+        controller = RateController(make_codec("quant"), quant_profile)
+        features = tiny_features[3][0]
+        result = controller.code(features, dict.fromkeys(NAMES, 0.25), 1000.0)
+        assert not result.allocation.feasible and all(p == 1.0 for p in result.phi.values())
+
+    def test_wrong_scales(self, quant_profile, tiny_features):
+        controller = RateController(make_codec("quant"), quant_profile)
+        features = {n: t for n, t in tiny_features[3][0].items() if n != "3"}
+        with pytest.raises(ValueError, match="cover the profile's scales"):
+            controller.code(features, dict.fromkeys(features, 1 / 3), 1e6)
+
+
+def _positions(features: dict[str, torch.Tensor], name: str) -> int:
+    return int(features[name].shape[-2] * features[name].shape[-1])

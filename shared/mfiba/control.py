@@ -1,0 +1,260 @@
+"""Closed-loop rate control: plan (Eq. 6) -> phi (Eq. 8) -> encode -> measure -> correct once.
+
+Per frame, with budget ``B`` (every frame bit) and the frame-overhead estimate ``O``::
+
+    weights ──> allocate(B - O) over rho_i * R_i(phi) ranges ──> phi_i ──> codec.encode ──> bits_i (real)
+                      ^                                                                      │
+                      │     |sum bits_i + O - B| > tol * B ?  ── no ──> done                 │
+                      │                        │ yes                                         │
+                      └── local rho_i = bits_i / (S_i R_i(phi_i)) ── re-plan, re-encode changed scales once
+
+``R_i(phi)`` is the profile's rate-phi model (bits per position), ``S_i`` the scale's positions. A
+frame's content makes its rates differ from the calibration mean; this is absorbed by a per-scale
+multiplicative factor ``rho_i``: the running ``rho_i`` (an EMA over the stream, updated from every
+frame's measured bits) scales the model for the first plan; the frame's own ``rho_i``, measured by the
+first encode, scales it for the single correction. ``rho_i R_i(phi)`` is the model curve rescaled to
+pass through the measured point, so the correction follows the local slope ``rho_i R_i'(phi)``
+there. The frame-overhead estimate (protobuf framing, ids, fingerprints) is an EMA of what
+:meth:`RateController.observe_frame` is told the serialized frames really cost.
+
+Codecs whose phi only takes integer values (``quant``'s bit depth; the profile's ``phi_grid``) cannot
+hit each scale's target exactly. There the candidates are the integers within two steps of each
+scale's continuous phi; among the combinations whose predicted frame bits lie within ``window`` of
+the budget the one with the least Eq. 3 loss wins, else the one closest to the budget.
+
+Of the (at most) two encodings the one closer to the budget is sent. Budgets below what the codec can
+reach are clamped to its lowest rates (``Allocation.feasible`` is False), budgets above to its highest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import Tensor
+
+from ..codec.base import FeatureCodec, ScaleRecord
+from .allocate import Allocation, Budget, ScaleRateModel, allocate
+from .importance import Importance, ImageSize, ImportanceFn
+from .profile import Profile
+
+DEFAULT_TOLERANCE = 0.03
+"""Relative distance to the budget that needs no correction."""
+DEFAULT_EMA = 0.3
+"""Weight of the newest frame in the running rate factors and overhead."""
+DEFAULT_OVERHEAD_BITS = 8 * 200
+"""Frame overhead (header, framing) assumed until a frame's real size is observed."""
+INTEGER_RADIUS = 2
+"""Integer-phi candidates: this many steps beyond floor/ceil of the continuous phi."""
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """One rate-controlled frame.
+
+    Attributes:
+        records: the coded scales to send.
+        phi: scale -> phi used.
+        planned_bits: scale -> Eq. 6's planned bits (what travels in the frame as ``planned_bits``).
+        allocation: the plan of the first pass.
+        budget_bits: the frame budget.
+        payload_bits: ``8 * sum(len(payload))`` of ``records``.
+        frame_bits_estimate: ``payload_bits`` plus the overhead estimate.
+        passes: 1, or 2 when a correction re-encoded.
+        timing_ms: ``assign`` (plan + phi), ``encode`` (all passes), ``correct`` (re-plan), ``total``.
+    """
+
+    records: list[ScaleRecord]
+    phi: dict[str, float]
+    planned_bits: dict[str, int]
+    allocation: Allocation
+    budget_bits: float
+    payload_bits: int
+    frame_bits_estimate: float
+    passes: int
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def relative_error(self) -> float:
+        return (self.frame_bits_estimate - self.budget_bits) / self.budget_bits
+
+
+class RateController:
+    """Closed-loop MFIBA rate control over a stream of frames (see the module docstring).
+
+    Args:
+        codec: the codec to drive; must be the one the profile was calibrated for.
+        profile: fitted rate-phi and loss-rate models.
+        tolerance: relative budget error that triggers the one correction.
+        ema: weight of the newest frame in the running factors.
+        overhead_bits: initial frame-overhead estimate.
+        window: integer-phi codecs: accept combinations predicted within this relative distance
+            (default ``tolerance / 4``) and prefer the least loss among them.
+    """
+
+    def __init__(self, codec: FeatureCodec, profile: Profile, tolerance: float = DEFAULT_TOLERANCE,
+                 ema: float = DEFAULT_EMA, overhead_bits: float = DEFAULT_OVERHEAD_BITS,
+                 window: float | None = None) -> None:
+        if codec.name != profile.codec.name:
+            raise ValueError(f"profile is for codec {profile.codec.name!r}, not {codec.name!r}")
+        if not 0 < tolerance < 1 or not 0 < ema <= 1 or overhead_bits < 0:
+            raise ValueError(f"need 0 < tolerance < 1, 0 < ema <= 1, overhead_bits >= 0; "
+                             f"got {tolerance}, {ema}, {overhead_bits}")
+        self.codec = codec
+        self.profile = profile
+        self.tolerance = tolerance
+        self.window = tolerance / 4 if window is None else window
+        self.ema = ema
+        self.overhead_bits = float(overhead_bits)
+        self.rho: dict[str, float] = {name: 1.0 for name in profile.scales}
+        self.integer = profile.codec.phi_grid == "integer"
+        self._last_payload_bits: int | None = None
+
+    # ------------------------------------------------------------------------------------------ planning
+
+    def plan(self, weights: Mapping[str, float], positions: Mapping[str, int], payload_budget: float,
+             rho: Mapping[str, float]) -> tuple[Allocation, dict[str, float]]:
+        """Eq. 6 over the ``rho``-scaled feasible ranges, then Eq. 8 (or the integer search) for phi."""
+        fits = {n: self.profile.loss_rate.for_scale(n) for n in weights}
+        models = self.profile.rate_phi
+        scaled = {n: ScaleRateModel(fits[n].alpha, fits[n].beta, rho[n] * models[n].r_min, rho[n] * models[n].r_max)
+                  for n in weights}
+        plan = allocate(weights, scaled, positions, payload_budget, on_infeasible="clamp")
+        phi = {n: models[n].phi(plan.rates[n] / rho[n]) for n in weights}
+        if self.integer:
+            phi = self._integer_phi(weights, positions, payload_budget, rho, phi, scaled)
+        return plan, phi
+
+    def _integer_phi(self, weights: Mapping[str, float], positions: Mapping[str, int], payload_budget: float,
+                     rho: Mapping[str, float], phi: dict[str, float], scaled: Mapping[str, ScaleRateModel],
+                     ) -> dict[str, float]:
+        names = list(weights)
+        low, high = self.profile.codec.phi_range
+        low_int, high_int = math.ceil(low), math.floor(high)
+        options, bits, losses = [], [], []
+        total_weight = sum(weights.values())
+        for n in names:
+            lo_c = max(low_int, math.floor(phi[n]) - INTEGER_RADIUS)
+            hi_c = min(high_int, math.ceil(phi[n]) + INTEGER_RADIUS)
+            candidates = np.arange(lo_c, hi_c + 1, dtype=np.float64)
+            rates = rho[n] * np.asarray(self.profile.rate_phi[n].rate(candidates))
+            options.append(candidates)
+            bits.append(rates * positions[n])
+            losses.append(weights[n] / total_weight * scaled[n].alpha * rates ** -scaled[n].beta)
+        index = np.array(list(itertools.product(*(range(len(o)) for o in options))))
+        total = sum(bits[i][index[:, i]] for i in range(len(names)))
+        loss = sum(losses[i][index[:, i]] for i in range(len(names)))
+        miss = np.abs(total - payload_budget) / payload_budget
+        inside = miss <= self.window
+        best = int(np.argmin(np.where(inside, loss, np.inf))) if inside.any() else int(np.argmin(miss))
+        return {n: float(options[i][index[best, i]]) for i, n in enumerate(names)}
+
+    # ------------------------------------------------------------------------------------------ one frame
+
+    def code(self, features: Mapping[str, Tensor], weights: Mapping[str, float], budget_bits: float) -> ControlResult:
+        """Plan, encode, measure and (at most once) correct one frame.
+
+        Args:
+            features: ``'0'..'3'`` -> ``[1, C, h, w]``.
+            weights: MFIP weights per scale.
+            budget_bits: bits the whole serialized frame may use.
+        """
+        names = list(features)
+        if set(names) != set(self.profile.scales) or set(weights) != set(names):
+            raise ValueError(f"features {names} and weights {sorted(weights)} must cover the profile's scales "
+                             f"{list(self.profile.scales)}")
+        if not (math.isfinite(budget_bits) and budget_bits > 0):
+            raise ValueError(f"budget_bits must be positive and finite, got {budget_bits}")
+        positions = {n: int(features[n].shape[-2] * features[n].shape[-1]) for n in names}
+        payload_budget = max(budget_bits - self.overhead_bits, 1.0)
+        ordered_weights = {n: float(weights[n]) for n in names}
+
+        start = time.perf_counter()
+        allocation, phi = self.plan(ordered_weights, positions, payload_budget, self.rho)
+        planned = time.perf_counter()
+        records = self.codec.encode(dict(features), phi)
+        encoded = time.perf_counter()
+        bits = {r.name: 8 * len(r.payload) for r in records}
+        passes, correct_ms, encode_ms = 1, 0.0, (encoded - planned) * 1e3
+
+        if abs(sum(bits.values()) + self.overhead_bits - budget_bits) > self.tolerance * budget_bits:
+            local = self._factors(bits, positions, phi)
+            corrected_start = time.perf_counter()
+            _, phi2 = self.plan(ordered_weights, positions, payload_budget, local)
+            corrected = time.perf_counter()
+            changed = [n for n in names if phi2[n] != phi[n]]
+            if changed:
+                redo = {r.name: r for r in self.codec.encode({n: features[n] for n in changed},
+                                                            {n: phi2[n] for n in changed})}
+                records2 = [redo.get(r.name, r) for r in records]
+                bits2 = {r.name: 8 * len(r.payload) for r in records2}
+                passes = 2
+                if abs(sum(bits2.values()) - payload_budget) < abs(sum(bits.values()) - payload_budget):
+                    records, bits, phi = records2, bits2, phi2
+            done = time.perf_counter()
+            correct_ms = (corrected - corrected_start) * 1e3
+            encode_ms += (done - corrected) * 1e3
+
+        for n, factor in self._factors(bits, positions, phi).items():
+            self.rho[n] = (1 - self.ema) * self.rho[n] + self.ema * factor
+        payload_bits = sum(bits.values())
+        self._last_payload_bits = payload_bits
+        total_ms = (time.perf_counter() - start) * 1e3
+        return ControlResult(
+            records=records,
+            phi=phi,
+            planned_bits={n: int(round(allocation.bits[n])) for n in names},
+            allocation=allocation,
+            budget_bits=float(budget_bits),
+            payload_bits=payload_bits,
+            frame_bits_estimate=payload_bits + self.overhead_bits,
+            passes=passes,
+            timing_ms={"assign": (planned - start) * 1e3, "encode": encode_ms, "correct": correct_ms,
+                       "total": total_ms},
+        )
+
+    def _factors(self, bits: Mapping[str, int], positions: Mapping[str, int], phi: Mapping[str, float],
+                 ) -> dict[str, float]:
+        """Measured rate over modelled rate, per scale."""
+        return {n: bits[n] / (positions[n] * float(self.profile.rate_phi[n].rate(phi[n]))) for n in bits}
+
+    def observe_frame(self, frame_bits: float) -> None:
+        """Tell the controller what the last frame really cost serialized (updates the overhead estimate)."""
+        if self._last_payload_bits is None:
+            return
+        overhead = max(float(frame_bits) - self._last_payload_bits, 0.0)
+        self.overhead_bits = (1 - self.ema) * self.overhead_bits + self.ema * overhead
+
+
+class BudgetedCoder:
+    """MFIP + rate control as one per-frame coder: ``(features, sizes) -> (records, planned_bits)``.
+
+    Args:
+        controller: the stream's :class:`RateController`.
+        importance: an MFIP mode's callable (:func:`.importance.make_importance`).
+        budget: the frame budget (``bpp`` budgets use each frame's ORIGINAL image size).
+
+    Attributes:
+        last: the last frame's ``(Importance, ControlResult)``.
+    """
+
+    def __init__(self, controller: RateController, importance: ImportanceFn, budget: Budget) -> None:
+        self.controller = controller
+        self.importance = importance
+        self.budget = budget
+        self.last: tuple[Importance, ControlResult] | None = None
+
+    def __call__(self, features: dict[str, Tensor], image_sizes: list[ImageSize],
+                 original_sizes: list[ImageSize]) -> tuple[list[ScaleRecord], dict[str, int]]:
+        weights = self.importance(features, image_sizes, original_sizes)
+        result = self.controller.code(features, weights.weights, self.budget.bits_per_frame(original_sizes[0]))
+        self.last = (weights, result)
+        return result.records, result.planned_bits
+
+    def observe_frame(self, frame_bytes: int) -> None:
+        """Feed the serialized size of the frame just built back into the overhead estimate."""
+        self.controller.observe_frame(8 * frame_bytes)
