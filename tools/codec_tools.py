@@ -19,11 +19,9 @@ Feature PSNR of one map is ``10 log10((max x - min x)^2 / MSE)``, averaged over 
 total rate against the mean of the four scales' PSNR. Bits per input pixel divide by the ORIGINAL
 image's pixel count.
 
-One shared model or four (``--scales``), measured with the tiny configuration (M=16, 4 gains, 600
-steps each, random:0 features of 24 synthetic scenes at 128 px, held-out 6 scenes; BD-rate of
-feature PSNR against bits per input pixel, shared model against a per-scale model trained on that
-scale alone with the same number of steps):
-see ``SHARED_VS_PER_SCALE`` below for the figures this module was committed with.
+Shared or per-scale transforms: ``--scales 0`` trains on P2 alone; the measurement that chose per-scale
+transforms is in ``fpnlink.shared.codec.hyperprior``'s docstring. ``--shared`` trains one set of
+transforms for all scales.
 """
 
 from __future__ import annotations
@@ -53,10 +51,8 @@ from .bd_rate import bd_rate
 
 SHARD_FORMAT = "fpnlink.feature-shards/1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-DEFAULT_LAMBDAS = (16.0, 48.0, 160.0, 512.0, 1600.0, 5000.0)
+DEFAULT_LAMBDAS = (8.0, 32.0, 128.0, 512.0, 2048.0, 8192.0)
 """Distortion weight per gain level (``N = 6``), in bits per position per unit normalised MSE."""
-SHARED_VS_PER_SCALE: dict[str, Any] = {}
-"""Filled in from the measurement described in the module docstring (BD-rate %, shared vs per-scale)."""
 _SYNTH = re.compile(r"^synth:(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -274,8 +270,11 @@ class TrainSettings:
         lambdas: distortion weight per gain level (its length sets ``N``).
         scales: FPN scales trained on (a per-scale model trains on one).
         save_every: steps between checkpoints.
+        max_minutes: wall-clock budget of this invocation (stops early, saving; the learning-rate drop
+            then comes at 90% of the budget); none when 0.
         seed: sampling seed.
         latent, hyper, hidden: architecture sizes (see ``HyperpriorConfig``).
+        shared: one set of transforms for every scale instead of one per scale.
     """
 
     steps: int = 4000
@@ -285,10 +284,12 @@ class TrainSettings:
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
     scales: tuple[str, ...] = TRANSMITTED_SCALES
     save_every: int = 250
+    max_minutes: float = 0.0
     seed: int = 0
     latent: int = 128
     hyper: int = 64
     hidden: int = 64
+    shared: bool = False
 
 
 def _lambda_for(phi: Tensor, lambdas: tuple[float, ...]) -> Tensor:
@@ -307,7 +308,7 @@ def resolve_device(device: str) -> torch.device:
 
 def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, device: str = "auto",
                 resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or continue training) a shared variable-rate model; returns the last logged values."""
+    """Train (or continue training) a variable-rate model; returns the last logged values."""
     from tqdm import tqdm
 
     from ..shared.codec.hyperprior import FeatureHyperprior, HyperpriorConfig
@@ -320,12 +321,13 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
         model = FeatureHyperprior.from_checkpoint(blob)
         state = blob["train"]
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in state["settings"].items()}
-        settings = TrainSettings(**{**stored, "steps": settings.steps, "save_every": settings.save_every})
+        settings = TrainSettings(**{**stored, "steps": settings.steps, "save_every": settings.save_every,
+                                    "max_minutes": settings.max_minutes})
         start = int(state["step"])
         generator.set_state(state["generator"])
     else:
         config = HyperpriorConfig(latent=settings.latent, hyper=settings.hyper, hidden=settings.hidden,
-                                  num_gains=len(settings.lambdas))
+                                  num_gains=len(settings.lambdas), per_scale=not settings.shared)
         model = FeatureHyperprior(config)
         model.set_normalisation(*shards.normalisation())
         state = None
@@ -344,9 +346,13 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
     logged: dict[str, Any] = {}
     bar = tqdm(range(start, settings.steps), desc="train", disable=not progress, initial=start,
                total=settings.steps, mininterval=2)
+    started = time.monotonic()
+    budget = settings.max_minutes * 60
     for step in bar:
+        elapsed = time.monotonic() - started
+        late = step >= 0.9 * settings.steps or (budget > 0 and elapsed >= 0.9 * budget)
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr * (0.1 if step >= 0.9 * settings.steps else 1.0)
+            group["lr"] = settings.lr * (0.1 if late else 1.0)
         name = settings.scales[int(torch.randint(len(settings.scales), (1,), generator=generator))]
         x = shards.sample(name, settings.batch, crops[name], generator).to(target)
         phi = (torch.rand(settings.batch, generator=generator) * high).to(target)
@@ -366,8 +372,11 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
                   "mse": distortion.mean().item()}
         bar.set_postfix(loss=f"{logged['loss']:.3g}", bpp=f"{logged['bits_per_position']:.3g}",
                         mse=f"{logged['mse']:.3g}")
-        if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps:
+        out_of_time = budget > 0 and time.monotonic() - started >= budget
+        if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps or out_of_time:
             _save(model, optimizer, settings, step + 1, generator, meta, out)
+        if out_of_time:
+            break
     bar.close()
     if start >= settings.steps and not out.is_file():
         _save(model, optimizer, settings, start, generator, meta, out)
@@ -588,19 +597,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=_run_extract)
 
-    p = sub.add_parser("train", help="train the shared variable-rate model")
+    p = sub.add_parser("train", help="train the variable-rate model")
     p.add_argument("--shards", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (and resume from)")
     defaults = TrainSettings()
     for name in ("steps", "batch", "crop", "save_every", "seed", "latent", "hyper", "hidden"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this many minutes")
     p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in defaults.lambdas),
                    help="distortion weight per gain level, comma-separated (count sets N)")
     p.add_argument("--scales", default=",".join(defaults.scales), help="scales to train on, e.g. 0 for P2 only")
     p.add_argument("--limit", type=int, help="use only the first LIMIT items")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--shared", action="store_true", help="one set of transforms for all scales")
     p.add_argument("--resume", action="store_true", help="continue from --out when it exists")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_train)

@@ -1,4 +1,4 @@
-"""``learned``: the shared variable-rate hyperprior codec (:mod:`.hyperprior`) behind the codec interface.
+"""``learned``: the variable-rate hyperprior codec (:mod:`.hyperprior`) behind the codec interface.
 
 Each scale's payload is one :mod:`.container` payload with two substreams, ``z`` then ``y``::
 
@@ -34,11 +34,11 @@ if TYPE_CHECKING:
     from .hyperprior import FeatureHyperprior
 
 DEFAULT_CHECKPOINT = Path(__file__).with_name("assets") / "learned-tiny.pt"
-"""A tiny model (M=16, 4 gain levels) trained on ``random:0`` features at 128 px: for tests and wiring,
+"""A tiny per-scale model (M=16, 4 gain levels) trained on ``random:0`` features at 128 px: for tests and wiring,
 not for quality. Rebuilt with::
 
     fpnlink codec extract --data synth:24:0:128 --weights random:0 --min-size 128 --max-size 128 --out T
-    fpnlink codec train --shards T --out tiny.pt --steps 1500 --batch 8 --crop 32 --latent 16 --hyper 8 \
+    fpnlink codec train --shards T --out tiny.pt --steps 2000 --batch 8 --crop 32 --latent 16 --hyper 8 \
         --hidden 16 --lambdas 16,128,1024,8192 --lr 2e-3 --threads 1
     fpnlink codec export --ckpt tiny.pt --out shared/codec/assets/learned-tiny.pt
 """
@@ -71,7 +71,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Fe
         raise WeightsError(f"cannot load learned-codec checkpoint {path}: {exc}") from exc
     if not model.frozen:
         raise WeightsError(f"checkpoint {path} has no frozen CDF tables; it was saved before update()")
-    if model.h_s.exact_bound() >= EXACT_LIMIT:
+    if max(branch.h_s.exact_bound() for branch in model.branches) >= EXACT_LIMIT:
         raise WeightsError(f"checkpoint {path}: the integer scale network could exceed exact float64 range")
     return model.to(device).eval()
 
@@ -150,10 +150,11 @@ class LearnedCodec(FeatureCodec):
         return per_scale
 
     def _encode_one_scale(self, name: str, tensor: Tensor, phi: float) -> list[ScaleRecord]:
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"scale {name!r}: features contain NaN or infinity")
         shape = (int(tensor.shape[1]), int(tensor.shape[2]), int(tensor.shape[3]))
-        coded = self.model.compress(tensor, SCALE_INDEX[name], phi)
+        try:
+            coded = self.model.compress(tensor, SCALE_INDEX[name], phi)
+        except ValueError as exc:
+            raise ValueError(f"scale {name!r}: {exc}") from exc
         records = []
         for i, streams in enumerate(coded["strings"]):
             checks = (symbol_crc(coded["z_symbols"][i]), symbol_crc(coded["y_symbols"][i]))

@@ -58,7 +58,7 @@ class TestRegistry:
     def test_fingerprint_is_stable_and_tracks_weights(self, codec, tmp_path):
         assert LearnedCodec().fingerprint == codec.fingerprint
         blob = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
-        blob["state_dict"]["g_s.0.bias"] = blob["state_dict"]["g_s.0.bias"] + 1e-3
+        blob["state_dict"]["branches.0.g_s.0.bias"] = blob["state_dict"]["branches.0.g_s.0.bias"] + 1e-3
         torch.save(blob, tmp_path / "other.pt")
         assert LearnedCodec(tmp_path / "other.pt").fingerprint != codec.fingerprint
 
@@ -111,6 +111,13 @@ class TestRoundTrip:
         assert {r.name: r.phi for r in records} == phi
         codec.decode(records)
 
+    @pytest.mark.parametrize("value", [float("nan"), float("inf")])
+    def test_non_finite_features_refused(self, codec, value):
+        tensor = torch.zeros(1, 256, 9, 9)
+        tensor[0, 3, 8, 8] = value  # a corner: the check runs on the latent, which every input reaches
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            codec.encode({"1": tensor})
+
     def test_phi_out_of_range(self, codec, features):
         with pytest.raises(ValueError, match="phi"):
             codec.encode(features, {"0": 3.5})
@@ -133,8 +140,8 @@ class TestDeterminism:
 
     def test_batch_of_one_vs_four_same_indexes(self, codec):
         z = torch.randint(-6, 7, (4, codec.model.config.hyper, 5, 7), generator=torch.Generator().manual_seed(0))
-        together = codec.model.h_s.indexes(z)
-        alone = torch.cat([codec.model.h_s.indexes(z[i:i + 1]) for i in range(4)])
+        together = codec.model.branch(2).h_s.indexes(z)
+        alone = torch.cat([codec.model.branch(2).h_s.indexes(z[i:i + 1]) for i in range(4)])
         assert torch.equal(together, alone)
 
     def test_indexes_independent_of_threads(self, codec):
@@ -142,21 +149,21 @@ class TestDeterminism:
         previous = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
-            one = codec.model.h_s.indexes(z)
+            one = codec.model.branch(2).h_s.indexes(z)
             torch.set_num_threads(2)
-            two = codec.model.h_s.indexes(z.contiguous(memory_format=torch.channels_last))
+            two = codec.model.branch(2).h_s.indexes(z.contiguous(memory_format=torch.channels_last))
         finally:
             torch.set_num_threads(previous)
         assert torch.equal(one, two)
 
     def test_integer_network_stays_exact(self, codec):
-        assert codec.model.h_s.exact_bound() < EXACT_LIMIT / 1e6
+        assert max(b.h_s.exact_bound() for b in codec.model.branches) < EXACT_LIMIT / 1e6
 
     def test_training_path_matches_coding_path(self, codec):
         z = torch.randint(-8, 9, (2, codec.model.config.hyper, 6, 6), generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
-            float_index = codec.model.h_s(z.float())
-        agree = (float_index == codec.model.h_s.indexes(z).float()).float().mean().item()
+            float_index = codec.model.branch(2).h_s(z.float())
+        agree = (float_index == codec.model.branch(2).h_s.indexes(z).float()).float().mean().item()
         assert agree > 0.999
 
     def test_golden_payloads_decode(self, codec, features):
@@ -187,7 +194,7 @@ class TestRefusals:
 
     def test_other_fingerprint(self, codec, record, tmp_path):
         blob = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
-        blob["state_dict"]["g_s.0.bias"] = blob["state_dict"]["g_s.0.bias"] + 1e-3
+        blob["state_dict"]["branches.0.g_s.0.bias"] = blob["state_dict"]["branches.0.g_s.0.bias"] + 1e-3
         torch.save(blob, tmp_path / "other.pt")
         with pytest.raises(CodecError, match="fingerprint"):
             LearnedCodec(tmp_path / "other.pt").decode([record])
@@ -234,10 +241,17 @@ class TestComponents:
         with pytest.raises(RuntimeError, match="update"):
             model.compress(torch.randn(1, 256, 4, 4), 0, 0.0)
 
-    def test_forward_keys(self):
+    def test_per_scale_model_wants_one_scale_per_batch(self):
         model = FeatureHyperprior(HyperpriorConfig(latent=8, hyper=4, hidden=4, num_gains=2))
+        assert len(model.branches) == 4 and model.branch(3) is model.branches[3]
+        with pytest.raises(ValueError, match="one scale"):
+            model(torch.randn(2, 256, 8, 8), torch.tensor([0, 3]), torch.tensor([0.0, 1.0]))
+
+    def test_forward_keys(self):
+        model = FeatureHyperprior(HyperpriorConfig(latent=8, hyper=4, hidden=4, num_gains=2, per_scale=False))
+        assert len(model.branches) == 1 and model.branch(3) is model.branches[0]
         out = model(torch.randn(2, 256, 8, 8), torch.tensor([0, 3]), torch.tensor([0.0, 1.0]))
         assert set(out) == {"x_hat", "x_norm", "x_hat_norm", "likelihoods", "bits"}
         assert out["x_hat"].shape == (2, 256, 8, 8) and out["bits"].shape == (2,)
         out["bits"].sum().backward()
-        assert model.h_s.layers[0].weight.grad is not None and model.gains.raw_steps.grad is not None
+        assert model.branch(0).h_s.layers[0].weight.grad is not None and model.gains.raw_steps.grad is not None
