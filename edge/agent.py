@@ -13,12 +13,13 @@ so the cloud can refuse features it cannot interpret.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..shared.codec.base import FeatureCodec
+from ..shared.codec.base import FeatureCodec, ScaleRecord
 from ..shared.model.split import TRANSMITTED_SCALES
 from ..shared.model.zoo import ModelBundle
 from ..shared.wire import FrameHeader, build_frame, pb
@@ -26,6 +27,10 @@ from ..shared.wire.convert import MAX_ID_LENGTH, MAX_IMAGE_SIDE
 
 MAX_FRAME_ID = 2**64 - 1
 FP32_BYTES = 4
+RateControl = Callable[[dict[str, Tensor], list[tuple[int, int]], list[tuple[int, int]]],
+                       tuple[list[ScaleRecord], dict[str, int]]]
+"""Codes one frame's features itself: ``(features, input_sizes, original_sizes) -> (records, planned_bits)``
+(e.g. :class:`fpnlink.shared.mfiba.BudgetedCoder`)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class EncodedFrame:
     Attributes:
         frame: the wire message.
         stage_ms: edge stage timings in milliseconds: ``backbone`` (transform + body + FPN) and
-            ``encode`` (codec + message assembly).
+            ``encode`` (codec, or rate control, + message assembly).
         raw_feature_bytes: size of the transmitted features P2..P5 as fp32, for compression ratios.
         frame_bytes: serialized size of ``frame`` (``frame.ByteSize()``), every header byte included.
     """
@@ -78,6 +83,7 @@ class EdgeAgent:
         frame_id: int,
         phi: dict[str, float] | None = None,
         capture_time_us: int | None = None,
+        rate_control: RateControl | None = None,
     ) -> EncodedFrame:
         """Run the front half on one image and code P2..P5 into a frame.
 
@@ -86,6 +92,8 @@ class EdgeAgent:
             frame_id: unique within the stream, 0 to 2**64 - 1; resending an id must mean the same image.
             phi: rate parameter per scale ``'0'..'3'``; the codec's default where missing.
             capture_time_us: capture time in microseconds since the epoch; now when omitted.
+            rate_control: codes the features instead of ``codec.encode(features, phi)`` (a budgeted
+                coder choosing phi per scale); its planned bits per scale travel in the frame.
 
         Returns:
             The frame with its stage timings and sizes.
@@ -102,6 +110,8 @@ class EdgeAgent:
             raise ValueError(f"phi keys must be among {list(TRANSMITTED_SCALES)}, got {unknown}")
         for value in (phi or {}).values():
             self.codec.check_phi(value)
+        if phi and rate_control is not None:
+            raise ValueError("give either phi or rate_control, not both")
 
         start = time.perf_counter()
         with torch.inference_mode():
@@ -109,7 +119,11 @@ class EdgeAgent:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         backbone_done = time.perf_counter()
-        records = self.codec.encode(features, phi)
+        planned_bits = None
+        if rate_control is None:
+            records = self.codec.encode(features, phi)
+        else:
+            records, planned_bits = rate_control(features, input_sizes, original_sizes)
         header = FrameHeader(
             stream_id=self.stream_id,
             frame_id=frame_id,
@@ -121,7 +135,7 @@ class EdgeAgent:
             codec=self.codec.name,
             codec_fingerprint=self.codec.fingerprint,
         )
-        frame = build_frame(header, records)
+        frame = build_frame(header, records, planned_bits)
         encode_done = time.perf_counter()
         return EncodedFrame(
             frame=frame,

@@ -29,7 +29,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..shared.codec import available_codecs, make_codec
 from ..shared.errors import FingerprintMismatchError, FpnlinkError, UnsupportedError, WeightsError
-from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelConfig, load_bundle
+from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
+from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
 from ..shared.wire import PB_TO_TASK, pb, result_to_dict
 from .agent import EdgeAgent
 from .client import Client, LinkError, Reply, check_compatible
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default detect)")
     run.add_argument("--codec", help=f"feature codec, one of {available_codecs()} (default quant)")
     run.add_argument("--phi", type=float, help="rate parameter for every scale (quant: bits 1..8; default 6)")
+    run.add_argument("--budget", help="frame budget instead of --phi: 0.05bpp, 30KB or 2Mbps@10fps; MFIBA picks "
+                                      "phi per scale and frame (needs --profile)")
+    run.add_argument("--mfip", help="scale importance under --budget: full, fast, uniform or fixed:w2,w3,w4,w5 "
+                                    "(default fast)")
+    run.add_argument("--profile", type=Path, help="MFIBA profile from `fpnlink mfiba calibrate` (for --budget)")
     run.add_argument("--weights", help="random:SEED, coco, synthetic or a checkpoint path; must match the cloud's "
                                        "(default random:0)")
     run.add_argument("--out", type=Path, help="JSON Lines results file, written as results arrive")
@@ -153,11 +159,30 @@ def run_command(args: argparse.Namespace) -> int:
         except (FingerprintMismatchError, UnsupportedError) as exc:
             return _failure(f"edge and cloud do not match: {exc} (edge weights {settings.weights!r})")
 
+        rate_control = None
+        if settings.budget is not None:
+            try:
+                rate_control = _budgeted_coder(settings, bundle, agent)
+            except FingerprintMismatchError as exc:
+                return _failure(str(exc))
+            except ValueError as exc:
+                return _usage_error(f"--profile/--mfip: {exc}")
         phi = None if settings.phi is None else {name: settings.phi for name in TRANSMITTED_SCALES}
+        rate = "" if rate_control is None else f", budget {settings.budget} (MFIP {settings.mfip})"
         print(f"{PROG}: {len(source)} image(s) from {args.source} -> {settings.server} "
-              f"(stream {stream_id}, tasks {','.join(agent.tasks)}, codec {settings.codec}, "
+              f"(stream {stream_id}, tasks {','.join(agent.tasks)}, codec {settings.codec}{rate}, "
               f"input {config.min_size}/{config.max_size})")
-        return _stream(client, agent, source, phi, settings.out)
+        return _stream(client, agent, source, phi, settings.out, rate_control)
+
+
+def _budgeted_coder(settings: EdgeSettings, bundle: ModelBundle, agent: EdgeAgent) -> BudgetedCoder:
+    """MFIBA rate control for ``--budget``: profile (checked against codec and backbone), MFIP mode, controller."""
+    assert settings.budget is not None and settings.profile is not None
+    profile = load_profile(settings.profile)
+    profile.check_compatible(agent.codec, agent.model_fingerprint)
+    importance = make_importance(settings.mfip, bundle=bundle, codec=agent.codec, tasks=agent.tasks,
+                                 predictor=profile.fast_predictor)
+    return BudgetedCoder(RateController(agent.codec, profile), importance, parse_budget(settings.budget))
 
 
 def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:
@@ -178,7 +203,7 @@ def _unique_stream_id() -> str:
 
 
 def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str, float] | None,
-            out_path: Path | None) -> int:
+            out_path: Path | None, rate_control: BudgetedCoder | None = None) -> int:
     """Encode lazily (gRPC pulls frames as it can send them), record each result as it arrives."""
     pending: dict[int, dict[str, Any]] = {}
     counts = {"ok": 0, "failed": 0, "bytes": 0, "raw": 0, "round_trip": 0.0}
@@ -195,13 +220,15 @@ def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str
         for frame_id, (name, image) in enumerate(source, start=1):
             count_skips()
             try:
-                encoded = agent.encode(image, frame_id, phi)
+                encoded = agent.encode(image, frame_id, phi, rate_control=rate_control)
             except (ValueError, FpnlinkError) as exc:
                 log.warning("%s: not encoded: %s", name, exc)
                 source.skipped.append((name, f"{name}: not encoded: {exc}"))
                 continue
             pending[frame_id] = {"image": name, "frame_id": frame_id, "frame_bytes": encoded.frame_bytes,
                                  "raw_feature_bytes": encoded.raw_feature_bytes, "stage_ms": dict(encoded.stage_ms)}
+            if rate_control is not None:
+                pending[frame_id]["rate"] = _rate_record(rate_control, encoded.frame_bytes)
             yield encoded.frame
         count_skips()
 
@@ -233,6 +260,17 @@ def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str
     if error is not None:
         return _failure(error)
     return _summary(counts, source, out_path)
+
+
+def _rate_record(coder: BudgetedCoder, frame_bytes: int) -> dict[str, Any]:
+    """What MFIBA planned for the frame just built; feeds its real size back to the controller."""
+    coder.observe_frame(frame_bytes)
+    assert coder.last is not None
+    importance, result = coder.last
+    return {"budget_bits": result.budget_bits, "frame_bits": 8 * frame_bytes,
+            "error": (8 * frame_bytes - result.budget_bits) / result.budget_bits, "weights": importance.weights,
+            "mfip": importance.mode, "phi": result.phi, "planned_bits": result.planned_bits,
+            "passes": result.passes, "feasible": result.allocation.feasible}
 
 
 def _record(sent: dict[str, Any], reply: Reply) -> dict[str, Any]:

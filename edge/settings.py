@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ..shared.codec import available_codecs, make_codec
+from ..shared.mfiba import parse_budget, parse_mfip_mode
 from ..shared.model import TASKS
 from ..shared.wire.convert import MAX_ID_LENGTH
 from .client import DEFAULT_MAX_FRAME_BYTES
@@ -27,6 +28,10 @@ class EdgeSettings(BaseSettings):
         tasks: tasks asked of the cloud, comma-separated in the environment (``FPNLINK_EDGE_TASKS=detect,segment``).
         codec: a registered codec name.
         phi: rate parameter for every scale; the codec's default when unset.
+        budget: frame budget (``0.05bpp``, ``30KB``, ``2Mbps@10fps``): MFIBA picks phi per scale and frame
+            (needs ``profile``; excludes ``phi``).
+        mfip: how scale importance is found under a budget: ``full``, ``fast``, ``uniform``, ``fixed:w2,w3,w4,w5``.
+        profile: MFIBA profile from ``fpnlink mfiba calibrate`` for this codec and backbone.
         min_size, max_size: network-input resize; the cloud's (from its capabilities) when unset.
         out: JSON Lines results file; none written when unset.
         threads: torch intra-op threads; torch's default when unset.
@@ -43,6 +48,9 @@ class EdgeSettings(BaseSettings):
     tasks: Annotated[list[str], NoDecode] = ["detect"]
     codec: str = "quant"
     phi: float | None = None
+    budget: str | None = None
+    mfip: str = "fast"
+    profile: Path | None = None
     min_size: int | None = Field(None, ge=32, le=4096)
     max_size: int | None = Field(None, ge=32, le=4096)
     out: Path | None = None
@@ -74,10 +82,26 @@ class EdgeSettings(BaseSettings):
             raise ValueError(f"unknown codec {value!r}; choose one of {available_codecs()}")
         return value
 
+    @field_validator("budget")
+    @classmethod
+    def _parse_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_budget(value)
+        return value
+
+    @field_validator("mfip")
+    @classmethod
+    def _parse_mfip(cls, value: str) -> str:
+        return str(parse_mfip_mode(value))
+
     @model_validator(mode="after")
     def _consistent(self) -> EdgeSettings:
         if self.phi is not None:
             make_codec(self.codec).check_phi(self.phi)
+        if self.budget is not None and self.phi is not None:
+            raise ValueError("give either phi (fixed rate) or budget (MFIBA rate control), not both")
+        if self.budget is not None and self.profile is None:
+            raise ValueError("a budget needs an MFIBA profile (--profile, from `fpnlink mfiba calibrate`)")
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} exceeds max_size {self.max_size}")
         return self

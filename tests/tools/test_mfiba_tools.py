@@ -1,0 +1,120 @@
+"""``fpnlink mfiba {calibrate,report}`` on tiny images, and the edge's ``--budget`` built on their profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from fpnlink.edge import EdgeAgent
+from fpnlink.edge.cli import main as edge_main
+from fpnlink.edge.settings import EdgeSettings
+from fpnlink.shared.codec import make_codec
+from fpnlink.shared.mfiba import BudgetedCoder, RateController, load_profile, parse_budget
+from fpnlink.shared.model import TRANSMITTED_SCALES
+from fpnlink.tools.cli import main
+from fpnlink.tools.synth import render_scene
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(2):
+        image, _ = render_scene(np.random.default_rng([7, i]), 128)
+        Image.fromarray(image).save(folder / f"scene{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def profile_path(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("profile") / "profile.json"
+    code = main(["mfiba", "calibrate", "--data", str(image_dir), "--weights", "random:0", "--codec", "quant",
+                 "--out", str(out), "--images", "2", "--levels", "2", "--min-size", "128", "--max-size", "128",
+                 "--threads", "2", "--no-progress"])
+    assert code == 0
+    return out
+
+
+class TestCalibrate:
+    def test_writes_a_valid_profile(self, profile_path):
+        profile = load_profile(profile_path)
+        assert profile.codec.name == "quant" and profile.codec.phi_grid == "integer"
+        assert profile.calibration["images"] == 2 and profile.calibration["levels"] == [1.0, 8.0]
+        assert set(profile.rate_phi) == set(TRANSMITTED_SCALES)
+        assert profile.fast_predictor is not None
+        assert len(profile.samples["rate_phi"]) == 2 * 4 * 8  # images x scales x integer phi 1..8
+        for model in profile.rate_phi.values():
+            assert 0 < model.r_min < model.r_max
+
+    def test_bad_data(self, tmp_path, capsys):
+        code = main(["mfiba", "calibrate", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "p.json"),
+                     "--min-size", "128", "--max-size", "128"])
+        assert code == 2 and "--data must be" in capsys.readouterr().err
+
+    def test_bad_levels(self, tmp_path):
+        with pytest.raises(SystemExit):
+            main(["mfiba", "calibrate", "--data", "synth:1", "--out", str(tmp_path / "p.json"), "--levels", "9"])
+
+
+class TestReport:
+    def test_prints_fits_and_writes_pngs(self, profile_path, tmp_path, capsys):
+        assert main(["mfiba", "report", str(profile_path), "--out", str(tmp_path), "--json",
+                     str(tmp_path / "fits.json")]) == 0
+        text = capsys.readouterr().out
+        assert "Eq. 3" in text and "Eq. 7" in text and "quad CC" in text
+        for name in ("loss_rate.png", "rate_phi.png"):
+            assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+        assert (tmp_path / "fits.json").is_file()
+
+    def test_bad_profile(self, profile_path, tmp_path, capsys):
+        broken = tmp_path / "broken.json"
+        broken.write_text(profile_path.read_text().replace('"phi_grid": "integer"', '"phi_grid": "octal"'))
+        assert main(["mfiba", "report", str(broken)]) == 2
+        assert "codec.phi_grid" in capsys.readouterr().err
+
+
+class TestEdgeBudget:
+    def test_agent_codes_to_the_budget_with_planned_bits(self, profile_path, tiny_bundle):
+        profile = load_profile(profile_path)
+        codec = make_codec("quant")
+        agent = EdgeAgent(tiny_bundle, codec, ["detect"], stream_id="budget-test")
+        profile.check_compatible(codec, agent.model_fingerprint)
+        image, _ = render_scene(np.random.default_rng([8, 0]), 128)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        positions = [(32 // 2**i) ** 2 for i in range(4)]  # 128 x 128 input: P2 is 32 x 32
+        low = sum(m.r_min * s for m, s in zip(profile.rate_phi.values(), positions))
+        high = sum(m.r_max * s for m, s in zip(profile.rate_phi.values(), positions))
+        budget = parse_budget(f"{(low * high) ** 0.5 / 128**2:.4f}bpp")
+        coder = BudgetedCoder(RateController(codec, profile), profile.fast_predictor.importance, budget)
+        encoded = agent.encode(tensor, 1, rate_control=coder)
+        importance, result = coder.last
+        planned = {s.name: s.planned_bits for s in encoded.frame.scales}
+        assert planned == result.planned_bits and all(v > 0 for v in planned.values())
+        assert {s.name: s.phi for s in encoded.frame.scales} == result.phi
+        target = budget.bits_per_frame((128, 128))
+        assert abs(8 * encoded.frame_bytes - target) / target < 0.10
+        with pytest.raises(ValueError, match="either phi or rate_control"):
+            agent.encode(tensor, 2, phi={"0": 4.0}, rate_control=coder)
+
+    @pytest.mark.parametrize("flags, message", [
+        ({"budget": "0.5bpp"}, "needs an MFIBA profile"),
+        ({"budget": "0.5bpp", "profile": "p.json", "phi": 4.0}, "either phi"),
+        ({"budget": "lots", "profile": "p.json"}, "cannot parse budget"),
+        ({"mfip": "slow"}, "unknown MFIP mode"),
+    ])
+    def test_settings_validation(self, flags, message):
+        with pytest.raises(ValidationError, match=message):
+            EdgeSettings(**flags)
+
+    def test_cli_usage_errors(self, image_dir, profile_path, tmp_path, capsys):
+        assert edge_main(["run", "--source", str(image_dir), "--server", "localhost:1", "--budget", "0.5bpp"]) == 2
+        assert "needs an MFIBA profile" in capsys.readouterr().err
+        assert edge_main(["run", "--source", str(image_dir), "--server", "localhost:1", "--budget", "2Mbps",
+                          "--profile", str(profile_path)]) == 2
+        assert "cannot parse budget '2Mbps'" in capsys.readouterr().err
