@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES: tuple[str, ...] = ("fpnlink.tools.bench.split",)
+BENCH_MODULES: tuple[str, ...] = ("fpnlink.tools.bench.split", "fpnlink.tools.bench.ratecontrol")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
