@@ -1,0 +1,196 @@
+"""A miniature ``fpnlink bench rd``: the harness end to end on tiny images with random weights.
+
+Random weights detect nothing useful, so no AP threshold is checked: only that every file is
+written, every JSON key is present, and every number is finite or null with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fpnlink.shared.model import ModelConfig, load_bundle
+from fpnlink.tools.bench import rd
+from fpnlink.tools.cli import build_parser
+from fpnlink.tools.evaluation import METRICS
+from fpnlink.tools.synth import generate_dataset
+
+SIZE = 64
+NET = 32
+"""Network input side: the 64 px images are resized to 32 px, which keeps the RPN and box head cheap."""
+RATE_POINTS = 2
+
+
+def _no_nan(value: str) -> Any:
+    raise AssertionError(f"JSON holds {value}")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, Path]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steadier than 2 on a shared 2-core machine
+    try:
+        data = tmp_path_factory.mktemp("data")
+        generate_dataset(data, n=4, size=SIZE, seed=1, val_fraction=0.5, test_fraction=0.0, progress=False)
+        out = tmp_path_factory.mktemp("report")
+        json_path = out.parent / "rd_quick.json"
+        settings = rd.RdSettings(
+            data=data, weights="random:0", out=out, quick=True, json_path=json_path, images=2,
+            rate_points=RATE_POINTS, learned_ckpt="none", size=NET, calib_images=1, mfip_levels=3,
+            detections_per_img=2, progress=False, command="test",
+        )
+        rd.run_rd_bench(settings)
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(json_path.read_text(), parse_constant=_no_nan), out, json_path
+
+
+class TestMiniatureRun:
+    def test_files_written(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        _, out, json_path = report
+        for name in ("report.md", "rd.json", "rd_box.png", "rd_mask.png", "rd_keypoint.png"):
+            assert (out / name).stat().st_size > 0, name
+        assert json.loads((out / "rd.json").read_text()) == json.loads(json_path.read_text())
+        text = (out / "report.md").read_text()
+        assert "## BD-rate" in text and "## Per-stage timings" in text and "skipped" in text
+
+    def test_top_level_keys(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        data, _, _ = report
+        assert {"weights", "ap_uncompressed", "configs", "bd_rate_percent", "timings_ms", "mfiba"} <= set(data)
+        assert data["weights"]["name"] == "random:0" and len(data["weights"]["fingerprint"]) == 16
+        assert set(data["ap_uncompressed"]) == set(METRICS)
+        assert data["data"]["images"] == 2
+
+    def test_every_configuration_has_points_or_a_reason(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        data, _, _ = report
+        assert set(data["configs"]) == set(rd.CONFIGS)
+        learned = data["configs"]["learned_uniform"]
+        assert learned["points"] == [] and "--learned-ckpt none" in learned["skipped"]
+        for name, entry in data["configs"].items():
+            if name == "learned_uniform":
+                continue
+            assert entry["skipped"] is None, name
+            assert len(entry["points"]) == (1 if name == "raw16" else RATE_POINTS), name
+            for point in entry["points"]:
+                assert len(point) == 4 and math.isfinite(point[0]) and point[0] > 0
+                assert all(ap is None or 0 <= ap <= 1 for ap in point[1:])
+
+    def test_mfiba_falls_back_to_quant_and_matches_budgets(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        data, _, _ = report
+        assert data["mfiba"]["codec"] == "quant" and data["mfiba"]["budgets_matched_to"] == "quant_uniform"
+        for mode in ("mfiba_full", "mfiba_fast"):
+            entry = data["configs"][mode]
+            assert entry["codec"] == "quant"
+            for detail in entry["detail"]:
+                assert math.isfinite(detail["rate_control"]["budget_error_median"])
+        assert data["bd_rate_percent"]["mfiba_vs_uniform_configs"] == ["mfiba_full", "quant_uniform"]
+
+    def test_bd_rates_are_finite_or_null_with_reason(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        bd = report[0]["bd_rate_percent"]
+        for headline in ("mfiba_vs_uniform", "features_vs_jpeg"):
+            assert set(bd[headline]) == set(METRICS)
+            for metric, value in bd[headline].items():
+                assert (value is not None and math.isfinite(value)) or bd["reasons"][headline][metric]
+        for anchor, rows in bd["table"].items():
+            for name, values in rows.items():
+                for metric, value in values.items():
+                    assert (value is not None and math.isfinite(value)) or bd["table_reasons"][anchor][name][metric]
+
+    def test_rates_count_real_bytes(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        data, _, _ = report
+        raw16 = data["configs"]["raw16"]["detail"][0]
+        # fp16 P2..P5 of a 32x32 network input: 256 * (8^2 + 4^2 + 2^2 + 1^2) * 2 bytes, plus the frame header;
+        # bpp divides by the ORIGINAL 64x64 image
+        payload = 256 * (8**2 + 4**2 + 2**2 + 1**2) * 2
+        assert payload < raw16["bytes_per_frame"] < payload + 1024
+        assert raw16["bpp"] == pytest.approx(raw16["bytes_per_frame"] * 8 / SIZE**2)
+        assert raw16["kbps"] == pytest.approx(raw16["bytes_per_frame"] * 8 * 30 / 1000)
+        jpeg = data["configs"]["jpeg"]["detail"]
+        assert jpeg[0]["bpp"] < jpeg[-1]["bpp"]
+
+    def test_timings_cover_each_stage(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        stages = report[0]["timings_ms"]
+        for stage in ("backbone", "heads_faster", "heads_mask", "heads_keypoint", "quant_uniform_encode",
+                      "quant_uniform_decode", "mfip_full", "mfip_fast", "jpeg_encode", "webp_decode"):
+            assert stages[stage]["n"] > 0 and math.isfinite(stages[stage]["median_ms"]), stage
+
+
+class TestPieces:
+    def test_registered_under_bench(self) -> None:
+        args = build_parser().parse_args(["bench", "rd", "--data", "d", "--weights", "random:0", "--out", "o",
+                                          "--quick", "--rate-points", "2"])
+        assert args.func is rd._run and args.rate_points == 2
+
+    def test_spread_keeps_both_ends(self) -> None:
+        assert rd.spread(rd.QUANT_BITS, 2) == [2, 8]
+        assert rd.spread(rd.QUANT_BITS, 3) == [2, 5, 8]
+        assert rd.spread(rd.IMAGE_QUALITIES, 10) == list(rd.IMAGE_QUALITIES)
+
+    @pytest.mark.parametrize("kwargs, match", [({"configs": ("h264",)}, "configs"), ({"rate_points": 1}, "rate_points"),
+                                               ({"fps": 0.0}, "fps"), ({"mfip_tasks": ("pose",)}, "mfip_tasks")])
+    def test_settings_are_validated(self, kwargs: dict, match: str) -> None:
+        with pytest.raises(ValueError, match=match):
+            rd.RdSettings(data=Path("d"), weights="random:0", out=Path("o"), **kwargs)
+
+    def test_image_round_trip(self) -> None:
+        array = (torch.rand(32, 48, 3) * 255).to(torch.uint8).numpy()
+        for fmt in rd.IMAGE_FORMATS.values():
+            small, large = rd.encode_image(array, fmt, 10), rd.encode_image(array, fmt, 90)
+            assert len(small) < len(large) and rd.decode_image(large).shape == (32, 48, 3)
+
+    def test_shared_heads_equal_separate_heads(self, tiny_image: torch.Tensor) -> None:
+        bundle = load_bundle("random:0", ModelConfig(min_size=NET, max_size=NET, detections_per_img=3,
+                                                     score_thresh=0.0), archs=("faster", "mask"))
+        assert rd.shared_cloud_half(bundle, ["faster", "mask"]) is None  # random heads differ
+        faster, mask = bundle.models["faster"], bundle.models["mask"]
+        mask.rpn.load_state_dict(faster.rpn.state_dict())
+        mask.roi_heads.box_head.load_state_dict(faster.roi_heads.box_head.state_dict())
+        mask.roi_heads.box_predictor.load_state_dict(faster.roi_heads.box_predictor.state_dict())
+        shared = rd.shared_cloud_half(bundle, ["faster", "mask"])
+        assert shared is not None
+        with torch.inference_mode():
+            features, sizes, originals = bundle.edge_half(["detect"])([tiny_image])
+            got = shared(features, sizes, originals)[0]
+            for arch, keys in (("faster", ("boxes", "labels", "scores")), ("mask", ("boxes", "masks"))):
+                expected = bundle.cloud_half(arch)(features, sizes, originals)[0]
+                assert len(expected["boxes"]) > 0
+                for key in keys:
+                    assert torch.equal(got[key], expected[key]), (arch, key)
+
+
+def _entry(points: list[tuple[float, float]] | None, codec: str | None = None, reason: str | None = None) -> dict:
+    detail = [{"bpp": b, "task_bpp": {m: b for m in METRICS}, "ap": {m: a for m in METRICS}} for b, a in points or []]
+    entry = {"skipped": reason, "detail": detail, "kind": "features"}
+    if codec:
+        entry["codec"] = codec
+    return entry
+
+
+class TestBdRateReport:
+    def test_headlines_follow_the_codec_mfiba_ran_on(self) -> None:
+        curve = [(0.1, 0.1), (0.2, 0.2), (0.4, 0.3)]
+        cheaper = [(b * 0.8, a) for b, a in curve]
+        configs = {name: _entry(curve) for name in rd.CONFIGS}
+        configs["learned_uniform"] = _entry(None, reason="no checkpoint")
+        configs["mfiba_full"] = _entry(cheaper, codec="quant")
+        configs["mfiba_fast"] = _entry(curve, codec="quant")
+        bd = rd.bd_rate_report(configs)
+        assert bd["mfiba_vs_uniform_configs"] == ["mfiba_full", "quant_uniform"]
+        assert bd["mfiba_vs_uniform"] == {m: pytest.approx(-20.0) for m in METRICS}
+        assert bd["mfiba_fast_vs_uniform"] == {m: pytest.approx(0.0) for m in METRICS}
+        assert bd["features_vs_jpeg_configs"] == ["mfiba_full", "jpeg"]
+        assert bd["table"]["vs_learned_uniform"]["jpeg"]["box"] is None
+        assert "no checkpoint" in bd["table_reasons"]["vs_learned_uniform"]["jpeg"]["box"]
+        assert bd["table"]["vs_jpeg"]["mfiba_full"]["mask"] == pytest.approx(-20.0)
+
+    def test_flat_curves_are_null_with_reason(self) -> None:
+        configs = {name: _entry([(0.1, 0.0), (0.2, 0.0)], codec="learned") for name in rd.CONFIGS}
+        bd = rd.bd_rate_report(configs)
+        assert bd["mfiba_vs_uniform_configs"] == ["mfiba_full", "learned_uniform"]
+        assert bd["mfiba_vs_uniform"]["box"] is None
+        assert "rising quality" in bd["reasons"]["mfiba_vs_uniform"]["box"]

@@ -1,0 +1,930 @@
+"""``fpnlink bench rd``: task accuracy (COCO AP) against rate for every way of getting a frame to the cloud.
+
+Configurations, each at several rate points on a dataset split (``val`` by default)::
+
+    (a) raw16            fp16 features P2..P5 (one point)
+    (b) quant_uniform    quant codec, the same bit depth on every scale (phi = bits 2..8)
+    (c) learned_uniform  learned codec, the same phi on every scale, spread over its phi_range; skipped
+                         (with the reason) when no learned checkpoint loads
+    (d) mfiba_full       learned codec (quant when (c) is skipped: the report says which) with MFIBA
+        mfiba_fast       allocation, full or fast MFIP; each frame's budget = the bytes (c) (or (b)) spent
+                         on that frame at the same rate point
+    (e) jpeg, webp       the image itself at several qualities (PIL); the cloud runs the whole model
+
+How one image flows (a "stream" is the set of architectures sharing one backbone: one stream for an
+fpnlink bundle, three for torchvision's COCO weights)::
+
+    image ─> edge half (once per stream) ─> P2..P5 ─┬─> codec.encode(phi) ─> FeatureFrame ─> decode ──────┐
+                                                     ├─> MFIP (once per mode) ─> RateController(budget_k) ─┤
+    image ─> JPEG/WebP(q) ─> decode ─> edge half ───────────────────────────────────────────────────────────┤
+                                                                                                             ▼
+                   every variant stacked on the batch axis ─> cloud half, one call per arch (--max-batch chunks)
+                                                                                                             ▼
+                                          COCO results per (configuration, rate point) ─> COCOeval ─> AP
+
+Rates are real bytes: a feature frame is the serialized ``FeatureFrame`` (header, fingerprints, shapes,
+planned bits and payloads), an image is its JPEG/WebP file; bpp divides by the ORIGINAL image's
+pixels and is averaged over frames. With several streams a task's bpp is that of its own stream, and
+a point's overall bpp is the sum over the streams needed for all three tasks.
+
+Writes ``REPORT_DIR/report.md``, ``rd.json`` (also ``--json PATH``), ``rd_box.png``, ``rd_mask.png``,
+``rd_keypoint.png`` (AP against bpp) and the MFIBA profile it calibrated, if any. BD-rates (PCHIP
+over log-rate, each curve reduced to its monotone envelope: :func:`fpnlink.tools.bd_rate.bd_rate_checked`)
+are given against (c), (b), JPEG and WebP for every configuration and task; a value that cannot be
+computed is null with its reason.
+
+COCO mode: ``--data`` a folder with ``annotations/instances_val2017.json``,
+``annotations/person_keypoints_val2017.json`` and ``val2017/``, with ``--weights coco`` (downloads
+torchvision's weights; it needs a connection). Without a train split the MFIBA profile is calibrated
+on val images after the evaluated ones, or read from ``--profile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from tqdm import tqdm
+
+from fpnlink.shared.codec import FeatureCodec, make_codec
+from fpnlink.shared.errors import FpnlinkError
+from fpnlink.shared.mfiba import FullMfip, Profile, RateController, calibrate, load_profile, quality_levels
+from fpnlink.shared.model import (
+    TASK_ARCH, TRANSMITTED_SCALES, CloudHalf, EdgeHalf, ModelBundle, ModelConfig, load_bundle,
+)
+from fpnlink.shared.wire import FrameHeader, build_frame
+
+from ..bd_rate import bd_rate_checked
+from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset, to_tensor
+from .common import machine, median_ms, write_json
+
+CONFIGS: tuple[str, ...] = ("raw16", "quant_uniform", "learned_uniform", "mfiba_full", "mfiba_fast", "jpeg", "webp")
+LABELS: dict[str, str] = {
+    "raw16": "(a) raw16 features",
+    "quant_uniform": "(b) quant, uniform phi",
+    "learned_uniform": "(c) learned, uniform phi",
+    "mfiba_full": "(d) MFIBA, full MFIP",
+    "mfiba_fast": "(d) MFIBA, fast MFIP",
+    "jpeg": "(e) JPEG image",
+    "webp": "(e) WebP image",
+}
+IMAGE_FORMATS: dict[str, str] = {"jpeg": "JPEG", "webp": "WEBP"}
+QUANT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+IMAGE_QUALITIES: tuple[int, ...] = (5, 10, 20, 30, 50, 70, 90)
+DEFAULTS: dict[bool, dict[str, int | None]] = {
+    True: {"images": 8, "rate_points": 3, "calib_images": 2},  # quick
+    False: {"images": None, "rate_points": 5, "calib_images": 8},
+}
+SYNTHETIC_DETECTIONS = 20
+"""Detections kept per image on synthetic scenes (at most 9 objects each); COCO keeps torchvision's 100."""
+BD_ANCHORS: tuple[str, ...] = ("learned_uniform", "quant_uniform", "jpeg", "webp")
+ARCH_TASK: dict[str, str] = {arch: task for task, arch in TASK_ARCH.items()}
+UNCOMPRESSED = ("uncompressed", 0)
+FP32_BYTES = 4
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class RdSettings:
+    """What ``fpnlink bench rd`` runs; ``None`` means the mode's default (see :data:`DEFAULTS`).
+
+    Args:
+        data: synthetic dataset folder or COCO 2017 folder.
+        weights: ``random:SEED``, ``synthetic``, ``coco`` or a bundle path.
+        out: report directory.
+        learned_ckpt: learned-codec checkpoint; ``None`` the shipped default, ``"none"`` to skip (c).
+        size: network input size (synthetic: the images' side; COCO: torchvision's 800/1333).
+        mfip_tasks: tasks whose losses define MFIP importance (within each stream's tasks).
+        max_batch: most variants per heads call.
+        configs: which configurations to run (MFIBA adds its uniform anchor).
+    """
+
+    data: Path
+    weights: str
+    out: Path
+    quick: bool = False
+    json_path: Path | None = None
+    images: int | None = None
+    rate_points: int | None = None
+    profile: Path | None = None
+    learned_ckpt: str | None = None
+    split: str = "val"
+    size: int | None = None
+    fps: float = 30.0
+    calib_images: int | None = None
+    mfip_levels: int = 4
+    mfip_tasks: tuple[str, ...] = ("detect",)
+    detections_per_img: int | None = None
+    max_batch: int = 8
+    configs: tuple[str, ...] = CONFIGS
+    progress: bool = True
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.configs if c not in CONFIGS]
+        if unknown or not self.configs:
+            raise ValueError(f"configs must be a non-empty subset of {list(CONFIGS)}, got {list(self.configs)}")
+        if self.rate_points is not None and not 2 <= self.rate_points <= len(QUANT_BITS):
+            raise ValueError(f"rate_points must lie in 2..{len(QUANT_BITS)} (BD-rate needs two), "
+                             f"got {self.rate_points}")
+        if self.images is not None and self.images < 1:
+            raise ValueError(f"images must be >= 1, got {self.images}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        bad_tasks = [t for t in self.mfip_tasks if t not in TASK_ARCH]
+        if bad_tasks or not self.mfip_tasks:
+            raise ValueError(f"mfip_tasks must be a non-empty subset of {list(TASK_ARCH)}, got {list(self.mfip_tasks)}")
+
+    def default(self, name: str) -> Any:
+        value = getattr(self, name)
+        return DEFAULTS[self.quick][name] if value is None else value
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def spread(values: tuple[float, ...] | list[float], count: int) -> list[float]:
+    """``count`` entries of ``values`` evenly spaced, both ends included."""
+    if count >= len(values):
+        return list(values)
+    picks = sorted({round(i * (len(values) - 1) / (count - 1)) for i in range(count)})
+    return [values[i] for i in picks]
+
+
+@dataclass
+class Stream:
+    """Architectures that share one backbone: one edge half, one frame per image.
+
+    Attributes:
+        clouds: arch -> its cloud half; or, when the archs share their RPN and box head
+            (:func:`shared_cloud_half`), ``{"shared": one cloud half with every branch}``.
+    """
+
+    index: int
+    archs: list[str]
+    tasks: list[str]
+    fingerprint: str
+    edge: EdgeHalf
+    clouds: dict[str, CloudHalf]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [ARCH_METRIC[a] for a in self.archs]
+
+
+def _same_weights(first: nn.Module, second: nn.Module) -> bool:
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def shared_cloud_half(bundle: ModelBundle, archs: list[str]) -> CloudHalf | None:
+    """One cloud half producing boxes, masks and keypoints at once, when ``archs`` share RPN and box head.
+
+    fpnlink bundles train one RPN and one box head for all three tasks (``fpnlink train``), so the three
+    models' detections are the same boxes; running the RPN and box head once and attaching the mask
+    and keypoint branches to it (as torchvision's ``mask_rcnn.py`` attaches its branch) gives each
+    model's exact output at about 60% of the cost. ``None`` when weights or settings differ (COCO).
+    """
+    if len(archs) < 2:
+        return None
+    models = [bundle.models[a] for a in archs]
+    base = models[0]
+    heads = base.roi_heads
+    for other in models[1:]:
+        same_settings = (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (
+            other.roi_heads.score_thresh, other.roi_heads.nms_thresh, other.roi_heads.detections_per_img)
+        same_weights = all(_same_weights(x, y) for x, y in (
+            (base.rpn, other.rpn), (heads.box_head, other.roi_heads.box_head),
+            (heads.box_predictor, other.roi_heads.box_predictor)))
+        if not (same_settings and _same_transform(base, other) and same_weights):
+            return None
+    mask = bundle.models["mask"].roi_heads if "mask" in archs else None
+    keypoint = bundle.models["keypoint"].roi_heads if "keypoint" in archs else None
+    roi_heads = RoIHeads(
+        heads.box_roi_pool, heads.box_head, heads.box_predictor,
+        heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
+        heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction, heads.box_coder.weights,
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+        mask_roi_pool=mask.mask_roi_pool if mask else None, mask_head=mask.mask_head if mask else None,
+        mask_predictor=mask.mask_predictor if mask else None,
+        keypoint_roi_pool=keypoint.keypoint_roi_pool if keypoint else None,
+        keypoint_head=keypoint.keypoint_head if keypoint else None,
+        keypoint_predictor=keypoint.keypoint_predictor if keypoint else None,
+    )
+    return CloudHalf(base.rpn, roi_heads, base.transform).eval()
+
+
+def _same_transform(first: nn.Module, second: nn.Module) -> bool:
+    a, b = first.transform, second.transform
+    return (tuple(a.min_size), a.max_size, list(a.image_mean), list(a.image_std), a.size_divisible, a.fixed_size) == (
+        tuple(b.min_size), b.max_size, list(b.image_mean), list(b.image_std), b.size_divisible, b.fixed_size)
+
+
+def make_streams(bundle: ModelBundle, share_heads: bool = True) -> list[Stream]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for arch in bundle.models:
+        groups[bundle.backbone_fingerprints[arch]].append(arch)
+    streams = []
+    for index, (fingerprint, archs) in enumerate(groups.items()):
+        tasks = [ARCH_TASK[a] for a in archs]
+        shared = shared_cloud_half(bundle, archs) if share_heads else None
+        clouds = {"shared": shared} if shared is not None else {a: bundle.cloud_half(a).eval() for a in archs}
+        streams.append(Stream(index, archs, tasks, fingerprint, bundle.edge_half(tasks).eval(), clouds))
+    return streams
+
+
+def load_learned(checkpoint: str | None) -> tuple[FeatureCodec | None, str | None]:
+    """The learned codec, or ``None`` and why it is unavailable."""
+    if checkpoint is not None and checkpoint.lower() == "none":
+        return None, "disabled with --learned-ckpt none"
+    try:
+        return make_codec("learned", checkpoint=checkpoint), None
+    except (FpnlinkError, OSError, ImportError, RuntimeError, ValueError) as exc:
+        text = " ".join(str(exc).split())
+        return None, f"no usable learned checkpoint ({checkpoint or 'the shipped default'}): {text[:300]}"
+
+
+def encode_image(array: np.ndarray, fmt: str, quality: int) -> bytes:
+    """``[H, W, 3]`` uint8 RGB as a JPEG or WebP file (PIL, 4:2:0, Huffman-optimised JPEG)."""
+    buffer = io.BytesIO()
+    options = {"optimize": True} if fmt == "JPEG" else {"method": 4}
+    Image.fromarray(array).save(buffer, format=fmt, quality=int(quality), **options)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB")).copy()
+
+
+class StageTimer:
+    """Milliseconds per stage; medians for the report."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, stage: str, ms: float, count: int = 1) -> None:
+        self.samples[stage].extend([ms / count] * count)
+
+    def run(self, stage: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        value = fn()
+        self.add(stage, (time.perf_counter() - start) * 1e3)
+        return value
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {stage: {"median_ms": median_ms(v), "n": len(v)} for stage, v in sorted(self.samples.items())}
+
+
+@dataclass
+class MfibaSetup:
+    """MFIBA for one stream: the codec, its uniform anchor, the profile and one controller per (mode, point)."""
+
+    codec: FeatureCodec
+    anchor: str
+    profile: Profile
+    profile_source: str
+    full: FullMfip
+    fast_reason: str | None
+    controllers: dict[tuple[str, int], RateController] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+class RdBench:
+    """One RD benchmark run (see the module docstring); :meth:`run` returns the report dict."""
+
+    def __init__(self, settings: RdSettings) -> None:
+        self.s = settings
+        self.timer = StageTimer()
+        self.notes: list[str] = []
+
+    # -------------------------------------------------------------------------------------- setup
+
+    def _setup(self) -> None:
+        s = self.s
+        self.dataset = load_dataset(s.data, s.split, s.default("images"))
+        self.bundle = load_bundle(s.weights, self._model_config())
+        if not self.bundle.trained:
+            self.notes.append(f"weights {self.bundle.weights!r} are untrained: every AP is meaningless")
+        self.streams = make_streams(self.bundle)
+        if len(self.streams) > 1:
+            self.notes.append(f"{len(self.streams)} backbones ({[st.archs for st in self.streams]}): one feature "
+                              "stream each; a task's bpp is its stream's, a point's bpp the sum of all streams")
+        wanted = self._choose_codecs()
+        self._rate_settings(int(s.default("rate_points")))
+        self.mfiba: dict[int, MfibaSetup] = {}
+        if wanted & {"mfiba_full", "mfiba_fast"}:
+            self._setup_mfiba()
+        self.configs = [c for c in CONFIGS if c in wanted and c not in self.skipped]
+
+    def _model_config(self) -> ModelConfig:
+        s = self.s
+        if self.dataset.kind == "coco":
+            min_size = s.size or ModelConfig.min_size
+            return ModelConfig(min_size=min_size, max_size=max(ModelConfig.max_size, min_size),
+                               detections_per_img=s.detections_per_img or ModelConfig.detections_per_img)
+        size = s.size or max(self.dataset.size(self.dataset.image_ids[0]))
+        return ModelConfig(min_size=size, max_size=size,
+                           detections_per_img=s.detections_per_img or SYNTHETIC_DETECTIONS)
+
+    def _choose_codecs(self) -> set[str]:
+        """Build the codecs; decide MFIBA's codec and anchor. Returns the configurations to run."""
+        wanted = set(self.s.configs)
+        self.skipped: dict[str, str] = {}
+        self.codecs: dict[str, FeatureCodec] = {"raw16": make_codec("raw16"), "quant_uniform": make_codec("quant")}
+        learned, reason = None, None
+        if wanted & {"learned_uniform", "mfiba_full", "mfiba_fast"}:
+            learned, reason = load_learned(self.s.learned_ckpt)
+        if learned is not None:
+            self.codecs["learned_uniform"] = learned
+        elif "learned_uniform" in wanted:
+            self.skipped["learned_uniform"] = reason or "not available"
+        self.anchor = "learned_uniform" if learned is not None else "quant_uniform"
+        if wanted & {"mfiba_full", "mfiba_fast"}:
+            if self.anchor not in wanted:
+                self.notes.append(f"{self.anchor} added: MFIBA budgets are matched to its rates")
+                wanted.add(self.anchor)
+            if learned is None:
+                self.notes.append(f"MFIBA runs on the quant codec and its budgets match quant_uniform (learned "
+                                  f"unavailable: {reason})")
+        return wanted
+
+    def _rate_settings(self, count: int) -> None:
+        """The rate points of every configuration (``count`` each; raw16 has one)."""
+        self.settings_of: dict[str, list[dict[str, Any]]] = {
+            "raw16": [{"phi": 0.0}],
+            "quant_uniform": [{"phi": float(b)} for b in spread(QUANT_BITS, count)],
+        }
+        if "learned_uniform" in self.codecs:
+            low, high = self.codecs["learned_uniform"].phi_range
+            self.settings_of["learned_uniform"] = [{"phi": float(p)} for p in np.linspace(low, high, count)]
+        for name in ("mfiba_full", "mfiba_fast"):
+            self.settings_of[name] = [{"budget_of": self.anchor, "point": i}
+                                      for i in range(len(self.settings_of[self.anchor]))]
+        for name in IMAGE_FORMATS:
+            self.settings_of[name] = [{"quality": float(q)} for q in spread(IMAGE_QUALITIES, count)]
+
+    def _setup_mfiba(self) -> None:
+        """A profile (given or calibrated) and the controllers of every stream; skips MFIBA with the reason
+        when calibration data cannot be fitted."""
+        codec = self.codecs[self.anchor]
+        given = load_profile(self.s.profile) if self.s.profile is not None else None  # a bad file: user error
+        try:
+            for stream in self.streams:
+                self.mfiba[stream.index] = self._prepare_mfiba(stream, codec, self.anchor, given)
+        except ValueError as exc:
+            self.mfiba.clear()
+            for name in ("mfiba_full", "mfiba_fast"):
+                self.skipped[name] = f"MFIBA profile unavailable: {exc}"
+            return
+        no_fast = [m.fast_reason for m in self.mfiba.values() if m.fast_reason]
+        if no_fast:  # every stream must have one, or the frames of some stream would be missing
+            self.skipped["mfiba_fast"] = no_fast[0]
+
+    def _calibration_images(self, count: int) -> tuple[Iterator[tuple[str, Tensor]], str]:
+        root = self.s.data
+        if self.dataset.kind == "synthetic" and (root / "annotations" / "train.json").is_file():
+            train = load_dataset(root, "train", count)
+            return ((str(i), train.image(i)) for i in train.image_ids), f"{len(train.image_ids)} train images"
+        evaluated = set(self.dataset.image_ids)
+        pool = load_dataset(root, self.s.split)
+        spare = [i for i in pool.image_ids if i not in evaluated][:count]
+        if len(spare) < count:
+            spare = pool.image_ids[-count:]
+            self.notes.append("MFIBA calibration images overlap the evaluated ones (the split has no spare images)")
+        return ((str(i), pool.image(i)) for i in spare), f"{len(spare)} {self.s.split} images not evaluated"
+
+    def _prepare_mfiba(self, stream: Stream, codec: FeatureCodec, anchor: str, given: Profile | None) -> MfibaSetup:
+        s = self.s
+        profile = None
+        source = ""
+        if given is not None:
+            try:
+                given.check_compatible(codec, stream.fingerprint)
+                profile, source = given, f"--profile {s.profile}"
+            except FpnlinkError as exc:
+                if len(self.streams) == 1:
+                    raise
+                self.notes.append(f"stream {stream.index}: {exc}; calibrating instead")
+        if profile is None:
+            tasks = [t for t in s.mfip_tasks if t in stream.tasks] or stream.tasks[:1]
+            count = int(s.default("calib_images"))
+            images, described = self._calibration_images(count)
+            bar = tqdm(images, total=count, desc=f"calibrate {codec.name}", disable=not s.progress, leave=False)
+            start = time.perf_counter()
+            profile = calibrate(bar, self.bundle, codec, tasks, levels=s.mfip_levels,
+                                data=f"{s.data} ({described})")
+            self.timer.add("mfiba_calibration_total", (time.perf_counter() - start) * 1e3)
+            path = profile.save(s.out / f"profile_{codec.name}_stream{stream.index}.json")
+            source = f"calibrated on {described} (saved to {path.name})"
+        integer = profile.codec.phi_grid == "integer"
+        levels = profile.calibration.get("levels") or quality_levels(codec.phi_range, s.mfip_levels, integer)
+        full = FullMfip(self.bundle, codec, list(profile.tasks), [float(v) for v in levels], max_batch=None)
+        fast_reason = None if profile.fast_predictor is not None else "the MFIBA profile has no fast predictor"
+        setup = MfibaSetup(codec, anchor, profile, source, full, fast_reason)
+        for mode in ("full", "fast"):
+            for point in range(len(self.settings_of[anchor])):
+                setup.controllers[mode, point] = RateController(codec, profile)
+        return setup
+
+    # -------------------------------------------------------------------------------------- per image
+
+    @torch.inference_mode()
+    def run(self) -> dict[str, Any]:
+        wall = time.perf_counter()
+        self.s.out.mkdir(parents=True, exist_ok=True)
+        self._setup()
+        self.scores = ApAccumulator(self.dataset)
+        # key -> per image: overall bytes; key -> metric -> per image bytes; per image pixels
+        self.frame_bytes: dict[Key, list[int]] = defaultdict(list)
+        self.task_bytes: dict[Key, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.sizes: list[tuple[int, int]] = []
+        self.raw_bytes: list[int] = []
+        self.mfiba_log: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        self.mfip_weights: dict[str, list[dict[str, float]]] = defaultdict(list)
+        ids = self.dataset.image_ids
+        for index, image_id in enumerate(tqdm(ids, desc="bench rd", unit="img", disable=not self.s.progress)):
+            self._one_image(index, image_id)
+        start = time.perf_counter()
+        ap = {key: self.scores.score(key) for key in self.scores.keys()}
+        self.timer.add("cocoeval_total", (time.perf_counter() - start) * 1e3)
+        report = self._report(ap, time.perf_counter() - wall)
+        return report
+
+    def _header(self, stream: Stream, codec: FeatureCodec, key: Key, frame_id: int, input_size: tuple[int, int],
+                original_size: tuple[int, int]) -> FrameHeader:
+        return FrameHeader(stream_id=f"rd-{key[0]}-{key[1]}", frame_id=frame_id,
+                           capture_time_us=time.time_ns() // 1000, original_size=original_size,
+                           input_size=input_size, model_fingerprint=stream.fingerprint, tasks=stream.tasks,
+                           codec=codec.name, codec_fingerprint=codec.fingerprint)
+
+    def _one_image(self, index: int, image_id: int) -> None:
+        array = self.dataset.image_array(image_id)
+        image = to_tensor(array)
+        self.sizes.append((int(image.shape[1]), int(image.shape[2])))
+        decoded_images: list[tuple[Key, Tensor]] = []
+        for name in IMAGE_FORMATS:
+            if name not in self.configs:
+                continue
+            for point, setting in enumerate(self.settings_of[name]):
+                data = self.timer.run(f"{name}_encode", lambda: encode_image(array, IMAGE_FORMATS[name],
+                                                                             int(setting["quality"])))
+                decoded = self.timer.run(f"{name}_decode", lambda: to_tensor(decode_image(data)))
+                key = (name, point)
+                self.frame_bytes[key].append(len(data))
+                for metric in METRICS:
+                    self.task_bytes[key][metric].append(len(data))
+                decoded_images.append((key, decoded))
+        stream_bytes: dict[Key, int] = defaultdict(int)
+        for stream in self.streams:
+            variants = self._stream_variants(stream, index, image, decoded_images, stream_bytes)
+            self._run_heads(stream, variants, image_id)
+        for key, nbytes in stream_bytes.items():
+            self.frame_bytes[key].append(nbytes)
+
+    def _stream_variants(self, stream: Stream, index: int, image: Tensor, decoded_images: list[tuple[Key, Tensor]],
+                         stream_bytes: dict[Key, int]) -> list[tuple[Key, dict[str, Tensor], tuple]]:
+        """Every decoded feature variant of one image for one stream, the lossless one first."""
+        features, input_sizes, original_sizes = self.timer.run("backbone", lambda: stream.edge([image]))
+        sizes = (input_sizes, original_sizes)
+        if stream.index == 0:
+            self.raw_bytes.append(sum(t.numel() * FP32_BYTES for t in features.values()))
+        variants: list[tuple[Key, dict[str, Tensor], tuple]] = [(UNCOMPRESSED, features, sizes)]
+        anchor_bytes: dict[int, int] = {}
+
+        def send(key: Key, codec: FeatureCodec, records: list, planned: dict[str, int] | None = None) -> int:
+            header = self._header(stream, codec, key, index + 1, input_sizes[0], original_sizes[0])
+            frame = self.timer.run("frame_build", lambda: build_frame(header, records, planned))
+            nbytes = frame.ByteSize()
+            decoded = self.timer.run(f"{key[0]}_decode", lambda: codec.decode(records))
+            variants.append((key, {n: t.float() for n, t in decoded.items()}, sizes))
+            stream_bytes[key] += nbytes
+            for metric in stream.metrics:
+                self.task_bytes[key][metric].append(nbytes)
+            return nbytes
+
+        for name in ("raw16", "quant_uniform", "learned_uniform"):
+            if name not in self.configs:
+                continue
+            codec = self.codecs[name]
+            for point, setting in enumerate(self.settings_of[name]):
+                phi = {n: setting["phi"] for n in TRANSMITTED_SCALES}
+                records = self.timer.run(f"{name}_encode", lambda: codec.encode(features, phi))
+                nbytes = send((name, point), codec, records)
+                if name == self.anchor:
+                    anchor_bytes[point] = nbytes
+        setup = self.mfiba.get(stream.index)
+        if setup is not None:
+            for mode in ("full", "fast"):
+                name = f"mfiba_{mode}"
+                if name not in self.configs:
+                    continue
+                if mode == "full":
+                    importance = self.timer.run("mfip_full", lambda: setup.full(features, input_sizes, original_sizes))
+                else:
+                    predictor = setup.profile.fast_predictor
+                    importance = self.timer.run("mfip_fast", lambda: predictor.importance(features))
+                self.mfip_weights[mode].append(dict(importance.weights))
+                for point in range(len(self.settings_of[name])):
+                    budget = 8.0 * anchor_bytes[point]
+                    controller = setup.controllers[mode, point]
+                    result = self.timer.run(f"{name}_rate_control",
+                                            lambda: controller.code(features, importance.weights, budget))
+                    nbytes = send((name, point), setup.codec, result.records, result.planned_bits)
+                    controller.observe_frame(8 * nbytes)
+                    self.mfiba_log[name, point].append({
+                        "budget_bits": budget, "frame_bits": 8 * nbytes, "phi": result.phi, "passes": result.passes,
+                        "feasible": result.allocation.feasible, "saturated": result.allocation.saturated})
+        for key, decoded in decoded_images:
+            image_features, image_inputs, image_originals = self.timer.run("backbone", lambda: stream.edge([decoded]))
+            variants.append((key, image_features, (image_inputs, image_originals)))
+        return variants
+
+    def _run_heads(self, stream: Stream, variants: list[tuple[Key, dict[str, Tensor], tuple]], image_id: int) -> None:
+        """All variants of one image through each cloud half, ``max_batch`` at a time (the RPN and ROI
+        heads treat the images of a batch independently, so this equals one call per variant)."""
+        for name, cloud in stream.clouds.items():
+            archs = stream.archs if name == "shared" else [name]
+            for first in range(0, len(variants), self.s.max_batch):
+                chunk = variants[first:first + self.s.max_batch]
+                batched = {n: torch.cat([features[n] for _, features, _ in chunk]) for n in TRANSMITTED_SCALES}
+                input_sizes = [size for _, _, (inputs, _) in chunk for size in inputs]
+                original_sizes = [size for _, _, (_, originals) in chunk for size in originals]
+                start = time.perf_counter()
+                outputs = cloud(batched, input_sizes, original_sizes)
+                self.timer.add(f"heads_{name}", (time.perf_counter() - start) * 1e3, len(chunk))
+                for (key, _, _), output in zip(chunk, outputs):
+                    for arch in archs:
+                        self.scores.add(key, arch, image_id, output)
+
+    # -------------------------------------------------------------------------------------- report
+
+    def _rate_summary(self, key: Key) -> dict[str, Any]:
+        frames = self.frame_bytes[key]
+        bpp = [bits_per_pixel(b, size) for b, size in zip(frames, self.sizes, strict=True)]
+        task_bpp = {m: float(np.mean([bits_per_pixel(b, size) for b, size in zip(v, self.sizes, strict=True)]))
+                    for m, v in self.task_bytes[key].items()}
+        bytes_per_frame = float(np.mean(frames))
+        return {"bpp": float(np.mean(bpp)), "bytes_per_frame": bytes_per_frame,
+                "kbps": kbps(bytes_per_frame, self.s.fps), "task_bpp": task_bpp, "frames": len(frames)}
+
+    def _report(self, ap: dict[Key, dict[str, dict[str, float | None]]], wall_s: float) -> dict[str, Any]:
+        s = self.s
+        served = sorted({m for st in self.streams for m in st.metrics}, key=METRICS.index)
+        uncompressed = ap[UNCOMPRESSED]
+        ap_uncompressed = {m: uncompressed.get(m, {}).get("ap") for m in METRICS}
+        null_reasons = {m: ("no ground truth of this task among the evaluated images" if m in served
+                            else "the weights have no model for this task")
+                        for m in METRICS if ap_uncompressed[m] is None}
+        configs: dict[str, Any] = {}
+        for name in CONFIGS:
+            entry: dict[str, Any] = {"label": LABELS[name], "kind": "image" if name in IMAGE_FORMATS else "features",
+                                     "skipped": self.skipped.get(name), "points": [], "detail": []}
+            codec = self.codecs.get(name)
+            if name.startswith("mfiba") and self.mfiba:
+                codec = next(iter(self.mfiba.values())).codec
+            if codec is not None:
+                entry.update(codec=codec.name, codec_fingerprint=codec.fingerprint)
+            if name not in self.configs and entry["skipped"] is None:
+                entry["skipped"] = "not requested (--configs)"
+            if entry["skipped"] is None:
+                for point, setting in enumerate(self.settings_of[name]):
+                    key = (name, point)
+                    rate = self._rate_summary(key)
+                    scores = ap[key]
+                    row = [rate["bpp"]] + [scores.get(m, {}).get("ap") for m in METRICS]
+                    entry["points"].append(row)
+                    detail = {"setting": setting, **rate, "ap": {m: scores.get(m, {}).get("ap") for m in METRICS},
+                              "ap50": {m: scores.get(m, {}).get("ap50") for m in METRICS}}
+                    if name.startswith("mfiba"):
+                        detail["rate_control"] = _mfiba_point_summary(self.mfiba_log[key])
+                    entry["detail"].append(detail)
+            configs[name] = entry
+        report: dict[str, Any] = {
+            "bench": "rd",
+            "quick": s.quick,
+            "command": s.command,
+            "data": {"path": str(s.data), "kind": self.dataset.kind, "split": s.split,
+                     "images": len(self.dataset.image_ids), "first_image_ids": self.dataset.image_ids[:10]},
+            "model_config": {"min_size": self.bundle.config.min_size, "max_size": self.bundle.config.max_size,
+                             "detections_per_img": self.bundle.config.detections_per_img},
+            "weights": _weights_info(self.bundle),
+            "streams": [{"archs": st.archs, "tasks": st.tasks, "backbone_fingerprint": st.fingerprint}
+                        for st in self.streams],
+            "fps": s.fps,
+            "rate_points": s.default("rate_points"),
+            "metrics": list(METRICS),
+            "point_columns": ["bpp", "ap_box", "ap_mask", "ap_kp"],
+            "ap_uncompressed": ap_uncompressed,
+            "ap50_uncompressed": {m: uncompressed.get(m, {}).get("ap50") for m in METRICS},
+            "ap_null_reasons": null_reasons,
+            "raw_fp32_feature_bytes_per_frame": float(np.mean(self.raw_bytes)) if self.raw_bytes else None,
+            "configs": configs,
+            "mfiba": self._mfiba_info(),
+            "timings_ms": self.timer.summary(),
+            "notes": self.notes,
+            "machine": machine(),
+            "wall_s": round(wall_s, 1),
+        }
+        report["bd_rate_percent"] = bd_rate_report(configs)
+        return report
+
+    def _mfiba_info(self) -> dict[str, Any]:
+        if not self.mfiba:
+            return {"ran": False, "reason": self.skipped.get("mfiba_full") or "not requested (--configs)"}
+        setup = next(iter(self.mfiba.values()))
+        return {
+            "ran": True,
+            "codec": setup.codec.name,
+            "codec_choice": ("learned (c) available" if setup.codec.name == "learned" else
+                             f"quant: learned unavailable ({self.skipped.get('learned_uniform', 'not requested')})"),
+            "budgets_matched_to": setup.anchor,
+            "profiles": {str(i): {"source": m.profile_source, "tasks": list(m.profile.tasks),
+                                  "phi_grid": m.profile.codec.phi_grid,
+                                  "calibration_images": m.profile.calibration.get("images"),
+                                  "mean_weights": m.profile.calibration.get("mean_weights")}
+                         for i, m in self.mfiba.items()},
+            "mfip_mean_weights": {mode: {n: float(np.mean([w[n] for w in ws])) for n in ws[0]}
+                                  for mode, ws in self.mfip_weights.items() if ws},
+        }
+
+
+def _mfiba_point_summary(log: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [(e["frame_bits"] - e["budget_bits"]) / e["budget_bits"] for e in log]
+    names = list(log[0]["phi"]) if log else []
+    return {
+        "budget_error_median": float(statistics.median(abs(e) for e in errors)) if errors else None,
+        "budget_error_mean_signed": float(np.mean(errors)) if errors else None,
+        "phi_mean": {n: float(np.mean([e["phi"][n] for e in log])) for n in names},
+        "second_pass_fraction": float(np.mean([e["passes"] == 2 for e in log])) if log else None,
+        "infeasible_frames": int(sum(not e["feasible"] for e in log)),
+        "saturated_frames": int(sum(e["saturated"] for e in log)),
+    }
+
+
+def _weights_info(bundle: ModelBundle) -> dict[str, Any]:
+    prints = sorted(f"{a}:{bundle.backbone_fingerprints[a]}:{bundle.head_fingerprints[a]}" for a in bundle.models)
+    return {"name": bundle.weights, "trained": bundle.trained,
+            "fingerprint": hashlib.sha256("|".join(prints).encode()).hexdigest()[:16],
+            "backbone_fingerprints": dict(bundle.backbone_fingerprints),
+            "head_fingerprints": dict(bundle.head_fingerprints)}
+
+
+# ---------------------------------------------------------------------------------------------- BD-rate
+
+
+def task_curve(entry: dict[str, Any], metric: str) -> list[tuple[float, float | None]]:
+    """``(bpp of the task's stream, AP)`` per point of one configuration."""
+    return [(d["task_bpp"].get(metric, d["bpp"]), d["ap"][metric]) for d in entry["detail"]]
+
+
+def bd_between(configs: dict[str, Any], anchor: str, test: str, metric: str) -> tuple[float | None, str | None]:
+    """BD-rate of configuration ``test`` against ``anchor`` on ``metric``; null with the reason otherwise."""
+    for name in (anchor, test):
+        if configs[name]["skipped"]:
+            return None, f"{name} skipped: {configs[name]['skipped']}"
+    if anchor == test:
+        return None, "same configuration"
+    value, reason = bd_rate_checked(task_curve(configs[anchor], metric), task_curve(configs[test], metric))
+    return (None if value is None else round(value, 3)), (None if reason is None else f"{test} vs {anchor}: {reason}")
+
+
+def bd_rate_report(configs: dict[str, Any]) -> dict[str, Any]:
+    """The headline BD-rates and the full table (every configuration against each anchor, per task)."""
+    mfiba_codec = configs["mfiba_full"].get("codec") or configs["mfiba_fast"].get("codec")
+    uniform = "learned_uniform" if mfiba_codec == "learned" else "quant_uniform"
+    features = next((c for c in ("mfiba_full", "mfiba_fast", "learned_uniform", "quant_uniform")
+                     if not configs[c]["skipped"]), "mfiba_full")
+    out: dict[str, Any] = {"method": "pchip over log10(bpp), monotone envelope of each curve",
+                           "mfiba_vs_uniform_configs": ["mfiba_full", uniform],
+                           "mfiba_fast_vs_uniform_configs": ["mfiba_fast", uniform],
+                           "features_vs_jpeg_configs": [features, "jpeg"],
+                           "features_vs_webp_configs": [features, "webp"]}
+    reasons: dict[str, dict[str, str | None]] = {}
+    for headline, (test, anchor) in {"mfiba_vs_uniform": ("mfiba_full", uniform),
+                                     "mfiba_fast_vs_uniform": ("mfiba_fast", uniform),
+                                     "features_vs_jpeg": (features, "jpeg"),
+                                     "features_vs_webp": (features, "webp")}.items():
+        values = {m: bd_between(configs, anchor, test, m) for m in METRICS}
+        out[headline] = {m: v for m, (v, _) in values.items()}
+        reasons[headline] = {m: r for m, (_, r) in values.items()}
+    table: dict[str, Any] = {}
+    table_reasons: dict[str, Any] = {}
+    for anchor in BD_ANCHORS:
+        table[f"vs_{anchor}"], table_reasons[f"vs_{anchor}"] = {}, {}
+        for name in CONFIGS:
+            values = {m: bd_between(configs, anchor, name, m) for m in METRICS}
+            table[f"vs_{anchor}"][name] = {m: v for m, (v, _) in values.items()}
+            table_reasons[f"vs_{anchor}"][name] = {m: r for m, (_, r) in values.items()}
+    out["reasons"] = reasons
+    out["table"] = table
+    out["table_reasons"] = table_reasons
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """One PNG per task: AP against bpp (log axis) for every configuration, the uncompressed AP dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in METRICS:
+        fig, axis = plt.subplots(figsize=(6.4, 4.4))
+        for name, entry in report["configs"].items():
+            points = [(b, a) for b, a in task_curve(entry, metric) if a is not None and b > 0]
+            if entry["skipped"] or not points:
+                continue
+            xs, ys = zip(*points)
+            style = "s" if len(points) == 1 else ("--o" if entry["kind"] == "image" else "-o")
+            axis.plot(xs, ys, style, label=LABELS[name], markersize=4)
+        reference = report["ap_uncompressed"][metric]
+        if reference is not None:
+            axis.axhline(reference, color="gray", linestyle=":", label="uncompressed features")
+        axis.set_xscale("log")
+        axis.set_xlabel("bits per original pixel (every frame byte counted)")
+        axis.set_ylabel(f"{metric} AP@[.5:.95]")
+        axis.set_title(f"{metric} AP vs rate ({report['data']['images']} {report['data']['split']} images, "
+                       f"weights {Path(report['weights']['name']).name})", fontsize=9)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"rd_{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """``report.md``: setup, AP of the uncompressed features, every point, BD-rates, timings, notes."""
+    data, weights = report["data"], report["weights"]
+    lines = [
+        "# fpnlink RD benchmark",
+        "",
+        f"- command: `{report['command']}`" if report["command"] else "- command: (library call)",
+        f"- data: `{data['path']}` ({data['kind']}, split {data['split']}, {data['images']} images)",
+        f"- weights: `{weights['name']}` (trained: {weights['trained']}, fingerprint {weights['fingerprint']})",
+        f"- network input: min_size {report['model_config']['min_size']}, max_size "
+        f"{report['model_config']['max_size']}, {report['model_config']['detections_per_img']} detections/image",
+        f"- rate: bpp = serialized frame (or image file) bytes x 8 / original H x W, mean over frames; "
+        f"kbps at {report['fps']:g} fps",
+        f"- machine: {report['machine']}; wall {report['wall_s']} s",
+        "",
+        "## AP of the uncompressed features",
+        "",
+        "| task | AP | AP50 |",
+        "|---|---|---|",
+    ]
+    for m in METRICS:
+        lines.append(f"| {m} | {_fmt(report['ap_uncompressed'][m])} | {_fmt(report['ap50_uncompressed'][m])} |")
+    for m, reason in report["ap_null_reasons"].items():
+        lines.append(f"\n{m} AP is n/a: {reason}.")
+    lines += ["", "## Rate points", "",
+              "| configuration | setting | bpp | bytes/frame | kbps | box AP | mask AP | keypoint AP |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, entry in report["configs"].items():
+        if entry["skipped"]:
+            lines.append(f"| {entry['label']} | skipped: {entry['skipped']} | | | | | | |")
+            continue
+        for d in entry["detail"]:
+            setting = ", ".join(f"{k}={_fmt(v)}" for k, v in d["setting"].items())
+            lines.append(f"| {entry['label']} | {setting} | {_fmt(d['bpp'])} | {_fmt(d['bytes_per_frame'])} | "
+                         f"{_fmt(d['kbps'])} | " + " | ".join(_fmt(d["ap"][m]) for m in METRICS) + " |")
+    mfiba = report["mfiba"]
+    if mfiba.get("ran"):
+        lines += ["", "## MFIBA", "", f"- codec: {mfiba['codec_choice']}; budgets matched per frame to "
+                  f"`{mfiba['budgets_matched_to']}`"]
+        for index, profile in mfiba["profiles"].items():
+            lines.append(f"- stream {index} profile: {profile['source']}; tasks {profile['tasks']}, phi grid "
+                         f"{profile['phi_grid']}")
+        for mode, weights_mean in mfiba["mfip_mean_weights"].items():
+            lines.append(f"- mean MFIP weights ({mode}): "
+                         + ", ".join(f"{k}: {v:.3f}" for k, v in weights_mean.items()))
+        for name in ("mfiba_full", "mfiba_fast"):
+            for d in report["configs"][name]["detail"]:
+                rc = d["rate_control"]
+                lines.append(f"- {name} point {d['setting']['point']}: |frame - budget| / budget median "
+                             f"{_fmt(rc['budget_error_median'])}, mean phi "
+                             + ", ".join(f"{k}: {v:.2f}" for k, v in rc["phi_mean"].items()))
+    bd = report["bd_rate_percent"]
+    lines += ["", "## BD-rate (percent; negative = fewer bits for the same AP)", "",
+              f"Method: {bd['method']}.", "",
+              "| headline | configurations | box | mask | keypoint |", "|---|---|---|---|---|"]
+    for headline in ("mfiba_vs_uniform", "mfiba_fast_vs_uniform", "features_vs_jpeg", "features_vs_webp"):
+        test, anchor = bd[f"{headline}_configs"]
+        values = " | ".join(_fmt(bd[headline][m]) for m in METRICS)
+        lines.append(f"| {headline} | {test} vs {anchor} | {values} |")
+    for anchor_key, rows in bd["table"].items():
+        lines += ["", f"### {anchor_key}", "", "| configuration | box | mask | keypoint |", "|---|---|---|---|"]
+        for name, values in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(values[m]) for m in METRICS) + " |")
+    reasons = sorted({r for per in bd["reasons"].values() for r in per.values() if r})
+    if reasons:
+        lines += ["", "Why some headline values are n/a:", ""] + [f"- {r}" for r in reasons]
+    lines += ["", "## Per-stage timings (median ms per call; heads per variant)", "", "| stage | median ms | n |",
+              "|---|---|---|"]
+    for stage, t in report["timings_ms"].items():
+        lines.append(f"| {stage} | {_fmt(t['median_ms'])} | {t['n']} |")
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "Plots: " + ", ".join(f"![{m}](rd_{m}.png)" for m in METRICS), ""]
+    return "\n".join(lines)
+
+
+def run_rd_bench(settings: RdSettings) -> dict[str, Any]:
+    """Run the benchmark and write report.md, rd.json, the plots (and ``settings.json_path``)."""
+    report = RdBench(settings).run()
+    out = settings.out
+    plots = write_plots(report, out)
+    report["files"] = [p.name for p in plots] + ["report.md", "rd.json"]
+    write_json(out / "rd.json", report)
+    if settings.json_path is not None:
+        write_json(settings.json_path, report)
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = RdSettings(
+        data=args.data, weights=args.weights, out=args.out, quick=args.quick, json_path=args.json,
+        images=args.images, rate_points=args.rate_points, profile=args.profile, learned_ckpt=args.learned_ckpt,
+        split=args.split, size=args.size, fps=args.fps, calib_images=args.calib_images, mfip_levels=args.mfip_levels,
+        mfip_tasks=tuple(t.strip() for t in args.mfip_tasks.split(",") if t.strip()),
+        detections_per_img=args.detections_per_img, max_batch=args.max_batch,
+        configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
+        command=" ".join(["fpnlink", *sys.argv[1:]]),
+    )
+    report = run_rd_bench(settings)
+    print(f"ap_uncompressed {report['ap_uncompressed']}")
+    for name, entry in report["configs"].items():
+        if entry["skipped"]:
+            print(f"{name}: skipped ({entry['skipped']})")
+        else:
+            print(f"{name}: " + "; ".join(f"bpp {p[0]:.4g} AP {[None if a is None else round(a, 4) for a in p[1:]]}"
+                                         for p in entry["points"]))
+    bd = report["bd_rate_percent"]
+    print(f"bd_rate_percent mfiba_vs_uniform {bd['mfiba_vs_uniform']} features_vs_jpeg {bd['features_vs_jpeg']}")
+    print(f"wrote {args.out / 'report.md'}" + (f" and {args.json}" if args.json else ""))
+    return 0
+
+
+def register(bench_subparsers: argparse._SubParsersAction) -> None:
+    parser = bench_subparsers.add_parser("rd", help="AP against bpp: raw16, quant, learned, MFIBA, JPEG/WebP",
+                                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="synthetic dataset or COCO 2017 folder")
+    parser.add_argument("--weights", required=True, help="random:SEED, synthetic, coco or a bundle path")
+    parser.add_argument("--out", type=Path, required=True, help="report directory (report.md, rd.json, PNGs)")
+    parser.add_argument("--quick", action="store_true", help="8 images, 3 rate points, 2 calibration images")
+    parser.add_argument("--json", type=Path, help="also write the JSON report here")
+    parser.add_argument("--images", type=int, help="evaluate the first N images of the split (quick 8, else all)")
+    parser.add_argument("--rate-points", type=int, help="rate points per configuration, 2..7 (quick 3, else 5)")
+    parser.add_argument("--profile", type=Path, help="MFIBA profile (`fpnlink mfiba calibrate`); else calibrated here")
+    parser.add_argument("--learned-ckpt", help="learned-codec checkpoint (default: the shipped one; 'none' skips it)")
+    parser.add_argument("--split", default="val", choices=("val", "test"), help="synthetic split (COCO: val)")
+    parser.add_argument("--size", type=int, help="network input size (default: image side; COCO 800)")
+    parser.add_argument("--fps", type=float, default=30.0, help="frame rate for kbps")
+    parser.add_argument("--calib-images", type=int, help="MFIBA calibration images (quick 2, else 8)")
+    parser.add_argument("--mfip-levels", type=int, default=4, help="MFIP quality levels")
+    parser.add_argument("--mfip-tasks", default="detect", help="tasks whose losses define MFIP importance")
+    parser.add_argument("--detections-per-img", type=int, help="detections kept per image (synthetic 20, COCO 100)")
+    parser.add_argument("--max-batch", type=int, default=8, help="variants per heads call")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.set_defaults(func=_run)
