@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES: tuple[str, ...] = ("fpnlink.tools.bench.split", "fpnlink.tools.bench.ratecontrol")
+BENCH_MODULES: tuple[str, ...] = (
+    "fpnlink.tools.bench.split", "fpnlink.tools.bench.ratecontrol", "fpnlink.tools.bench.rd",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
