@@ -144,8 +144,9 @@ def load_dataset(root: str | Path, split: str = "val", limit: int | None = None)
     else:
         ann = root / "annotations" / f"{split}.json"
         if not ann.is_file():
-            raise FileNotFoundError(f"no annotations at {ann} (nor a COCO folder: {root / 'annotations' / COCO_INSTANCES})"
-                                    f"; generate synthetic data with `fpnlink data synth --out {root}`")
+            raise FileNotFoundError(f"no annotations at {ann} (nor a COCO folder: "
+                                    f"{root / 'annotations' / COCO_INSTANCES}); generate synthetic data with "
+                                    f"`fpnlink data synth --out {root}`")
         coco = _quiet_coco(ann)
         gt = {"bbox": coco, "segm": coco, "keypoints": coco}
         kind, image_dir = "synthetic", root / "images" / split
