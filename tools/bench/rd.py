@@ -132,6 +132,7 @@ class RdSettings:
     detections_per_img: int | None = None
     max_batch: int = 8
     configs: tuple[str, ...] = CONFIGS
+    device: str = "cpu"
     progress: bool = True
     command: str = ""
 
@@ -250,12 +251,12 @@ def make_streams(bundle: ModelBundle, share_heads: bool = True) -> list[Stream]:
     return streams
 
 
-def load_learned(checkpoint: str | None) -> tuple[FeatureCodec | None, str | None]:
+def load_learned(checkpoint: str | None, device: torch.device | str = "cpu") -> tuple[FeatureCodec | None, str | None]:
     """The learned codec, or ``None`` and why it is unavailable."""
     if checkpoint is not None and checkpoint.lower() == "none":
         return None, "disabled with --learned-ckpt none"
     try:
-        return make_codec("learned", checkpoint=checkpoint), None
+        return make_codec("learned", checkpoint=checkpoint, device=device), None
     except (FpnlinkError, OSError, ImportError, RuntimeError, ValueError) as exc:
         text = " ".join(str(exc).split())
         return None, f"no usable learned checkpoint ({checkpoint or 'the shipped default'}): {text[:300]}"
@@ -275,10 +276,11 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 class StageTimer:
-    """Milliseconds per stage; medians for the report."""
+    """Milliseconds per stage; medians for the report (CUDA work is synchronised before the clock stops)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.samples: dict[str, list[float]] = defaultdict(list)
+        self.cuda = device is not None and device.type == "cuda"
 
     def add(self, stage: str, ms: float, count: int = 1) -> None:
         self.samples[stage].extend([ms / count] * count)
@@ -286,8 +288,13 @@ class StageTimer:
     def run(self, stage: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
         value = fn()
+        self.sync()
         self.add(stage, (time.perf_counter() - start) * 1e3)
         return value
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {stage: {"median_ms": median_ms(v), "n": len(v)} for stage, v in sorted(self.samples.items())}
@@ -309,12 +316,23 @@ class MfibaSetup:
 # ---------------------------------------------------------------------------------------------- the run
 
 
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
 class RdBench:
     """One RD benchmark run (see the module docstring); :meth:`run` returns the report dict."""
 
     def __init__(self, settings: RdSettings) -> None:
         self.s = settings
-        self.timer = StageTimer()
+        self.device = _resolve_device(settings.device)
+        self.timer = StageTimer(self.device)
         self.notes: list[str] = []
 
     # -------------------------------------------------------------------------------------- setup
@@ -323,6 +341,8 @@ class RdBench:
         s = self.s
         self.dataset = load_dataset(s.data, s.split, s.default("images"))
         self.bundle = load_bundle(s.weights, self._model_config())
+        for model in self.bundle.models.values():
+            model.to(self.device)
         if not self.bundle.trained:
             self.notes.append(f"weights {self.bundle.weights!r} are untrained: every AP is meaningless")
         self.streams = make_streams(self.bundle)
@@ -353,7 +373,7 @@ class RdBench:
         self.codecs: dict[str, FeatureCodec] = {"raw16": make_codec("raw16"), "quant_uniform": make_codec("quant")}
         learned, reason = None, None
         if wanted & {"learned_uniform", "mfiba_full", "mfiba_fast"}:
-            learned, reason = load_learned(self.s.learned_ckpt)
+            learned, reason = load_learned(self.s.learned_ckpt, self.device)
         if learned is not None:
             self.codecs["learned_uniform"] = learned
         elif "learned_uniform" in wanted:
@@ -404,14 +424,16 @@ class RdBench:
         root = self.s.data
         if self.dataset.kind == "synthetic" and (root / "annotations" / "train.json").is_file():
             train = load_dataset(root, "train", count)
-            return ((str(i), train.image(i)) for i in train.image_ids), f"{len(train.image_ids)} train images"
+            return (((str(i), train.image(i).to(self.device)) for i in train.image_ids),
+                    f"{len(train.image_ids)} train images")
         evaluated = set(self.dataset.image_ids)
         pool = load_dataset(root, self.s.split)
         spare = [i for i in pool.image_ids if i not in evaluated][:count]
         if len(spare) < count:
             spare = pool.image_ids[-count:]
             self.notes.append("MFIBA calibration images overlap the evaluated ones (the split has no spare images)")
-        return ((str(i), pool.image(i)) for i in spare), f"{len(spare)} {self.s.split} images not evaluated"
+        return (((str(i), pool.image(i).to(self.device)) for i in spare),
+                f"{len(spare)} {self.s.split} images not evaluated")
 
     def _prepare_mfiba(self, stream: Stream, codec: FeatureCodec, anchor: str, given: Profile | None) -> MfibaSetup:
         s = self.s
@@ -479,7 +501,7 @@ class RdBench:
 
     def _one_image(self, index: int, image_id: int) -> None:
         array = self.dataset.image_array(image_id)
-        image = to_tensor(array)
+        image = to_tensor(array).to(self.device)
         self.sizes.append((int(image.shape[1]), int(image.shape[2])))
         decoded_images: list[tuple[Key, Tensor]] = []
         for name in IMAGE_FORMATS:
@@ -488,7 +510,7 @@ class RdBench:
             for point, setting in enumerate(self.settings_of[name]):
                 data = self.timer.run(f"{name}_encode", lambda: encode_image(array, IMAGE_FORMATS[name],
                                                                              int(setting["quality"])))
-                decoded = self.timer.run(f"{name}_decode", lambda: to_tensor(decode_image(data)))
+                decoded = self.timer.run(f"{name}_decode", lambda: to_tensor(decode_image(data)).to(self.device))
                 key = (name, point)
                 self.frame_bytes[key].append(len(data))
                 for metric in METRICS:
@@ -516,7 +538,7 @@ class RdBench:
             frame = self.timer.run("frame_build", lambda: build_frame(header, records, planned))
             nbytes = frame.ByteSize()
             decoded = self.timer.run(f"{key[0]}_decode", lambda: codec.decode(records))
-            variants.append((key, {n: t.float() for n, t in decoded.items()}, sizes))
+            variants.append((key, {n: t.to(self.device, torch.float32) for n, t in decoded.items()}, sizes))
             stream_bytes[key] += nbytes
             for metric in stream.metrics:
                 self.task_bytes[key][metric].append(nbytes)
@@ -571,6 +593,7 @@ class RdBench:
                 original_sizes = [size for _, _, (_, originals) in chunk for size in originals]
                 start = time.perf_counter()
                 outputs = cloud(batched, input_sizes, original_sizes)
+                self.timer.sync()
                 self.timer.add(f"heads_{name}", (time.perf_counter() - start) * 1e3, len(chunk))
                 for (key, _, _), output in zip(chunk, outputs):
                     for arch in archs:
@@ -604,6 +627,8 @@ class RdBench:
                 codec = next(iter(self.mfiba.values())).codec
             if codec is not None:
                 entry.update(codec=codec.name, codec_fingerprint=codec.fingerprint)
+                if getattr(codec, "checkpoint", None) is not None:
+                    entry["codec_checkpoint"] = str(codec.checkpoint)
             if name not in self.configs and entry["skipped"] is None:
                 entry["skipped"] = "not requested (--configs)"
             if entry["skipped"] is None:
@@ -625,6 +650,7 @@ class RdBench:
             "command": s.command,
             "data": {"path": str(s.data), "kind": self.dataset.kind, "split": s.split,
                      "images": len(self.dataset.image_ids), "first_image_ids": self.dataset.image_ids[:10]},
+            "device": str(self.device),
             "model_config": {"min_size": self.bundle.config.min_size, "max_size": self.bundle.config.max_size,
                              "detections_per_img": self.bundle.config.detections_per_img},
             "weights": _weights_info(self.bundle),
@@ -887,7 +913,7 @@ def _run(args: argparse.Namespace) -> int:
         images=args.images, rate_points=args.rate_points, profile=args.profile, learned_ckpt=args.learned_ckpt,
         split=args.split, size=args.size, fps=args.fps, calib_images=args.calib_images, mfip_levels=args.mfip_levels,
         mfip_tasks=tuple(t.strip() for t in args.mfip_tasks.split(",") if t.strip()),
-        detections_per_img=args.detections_per_img, max_batch=args.max_batch,
+        detections_per_img=args.detections_per_img, max_batch=args.max_batch, device=args.device,
         configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()),
         command=" ".join(["fpnlink", *sys.argv[1:]]),
     )
@@ -926,5 +952,6 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--detections-per-img", type=int, help="detections kept per image (synthetic 20, COCO 100)")
     parser.add_argument("--max-batch", type=int, default=8, help="variants per heads call")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the models run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.set_defaults(func=_run)
