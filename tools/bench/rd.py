@@ -813,6 +813,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _learned_line(entry: dict[str, Any]) -> str:
+    if entry["skipped"]:
+        return f"skipped ({entry['skipped']})"
+    return f"`{entry.get('codec_checkpoint')}` (fingerprint {entry.get('codec_fingerprint')})"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md``: setup, AP of the uncompressed features, every point, BD-rates, timings, notes."""
     data, weights = report["data"], report["weights"]
@@ -822,11 +828,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- command: `{report['command']}`" if report["command"] else "- command: (library call)",
         f"- data: `{data['path']}` ({data['kind']}, split {data['split']}, {data['images']} images)",
         f"- weights: `{weights['name']}` (trained: {weights['trained']}, fingerprint {weights['fingerprint']})",
+        f"- learned codec: {_learned_line(report['configs']['learned_uniform'])}",
         f"- network input: min_size {report['model_config']['min_size']}, max_size "
         f"{report['model_config']['max_size']}, {report['model_config']['detections_per_img']} detections/image",
         f"- rate: bpp = serialized frame (or image file) bytes x 8 / original H x W, mean over frames; "
         f"kbps at {report['fps']:g} fps",
-        f"- machine: {report['machine']}; wall {report['wall_s']} s",
+        f"- machine: {report['machine']}, device {report['device']}; wall {report['wall_s']} s",
         "",
         "## AP of the uncompressed features",
         "",
@@ -879,8 +886,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     reasons = sorted({r for per in bd["reasons"].values() for r in per.values() if r})
     if reasons:
         lines += ["", "Why some headline values are n/a:", ""] + [f"- {r}" for r in reasons]
-    lines += ["", "## Per-stage timings (median ms per call; heads per variant)", "", "| stage | median ms | n |",
-              "|---|---|---|"]
+    lines += ["", "## Per-stage timings (median ms per call; heads per variant)", "",
+              "backbone: edge half on one image (also on each decoded JPEG/WebP); `<config>_encode` / `_decode`: "
+              "codec on one frame; `mfiba_*_rate_control`: Eq. 6 plan + encode (+ at most one correction); "
+              "`mfip_*`: importance of one image; `heads_<arch>`: cloud half per variant (`heads_shared`: one "
+              "RPN + box head with the mask and keypoint branches attached).", "",
+              "| stage | median ms | n |", "|---|---|---|"]
     for stage, t in report["timings_ms"].items():
         lines.append(f"| {stage} | {_fmt(t['median_ms'])} | {t['n']} |")
     if report["notes"]:
