@@ -1,0 +1,125 @@
+"""``fpnlink bench codec [--quick] [--ckpt CKPT] --json PATH``: the learned codec against quant and the backbone.
+
+What it measures, in one run on one machine::
+
+    backbone_ms   edge half (transform + ResNet50-FPN) on one image, 800x1216 (512x512 with --quick)
+    encode_ms     LearnedCodec.encode of that image's P2..P5 at the default phi
+    decode_ms     LearnedCodec.decode of those records
+    deterministic encode with 1 thread here, decode with 2 threads in a spawned process: every
+                  latent symbol and CDF index identical, reconstructions equal to float32 rounding
+                  (details, exact-equality flag included, under "determinism")
+    rate_monotonic total bytes never rise as phi falls (phi over the whole range, same frame)
+    bd_rate_vs_quant_percent  BD-rate (PCHIP) of feature PSNR against bits per input pixel, learned
+                  against quant at 1..8 bits, on held-out synthetic scenes at 512 px (total rate
+                  against the mean PSNR of the four scales; per scale in bd_rate_per_scale)
+
+Timings are medians of 3 after one warm-up. Features come from the ``random:0`` backbone, the one the
+shipped and the bench checkpoints are trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...shared.codec.learned import DEFAULT_CHECKPOINT, LearnedCodec
+from ...shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
+from ..codec_tools import FeatureShards, cross_process_check, evaluate_codec, render_image
+from .common import machine, median_ms, timed, write_json
+
+HELDOUT_SEED = 90_001
+"""Seed of the held-out scenes (training scenes use small seeds)."""
+RD_SIZE = 512
+
+
+def _scene(seed: int, height: int, width: int) -> torch.Tensor:
+    image = render_image(np.random.default_rng([seed, 0]), max(height, width))[:height, :width]
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+
+
+def _heldout(count: int) -> FeatureShards:
+    """Features of ``count`` held-out scenes at 512 px, in memory."""
+    edge = load_bundle("random:0", ModelConfig(min_size=RD_SIZE, max_size=RD_SIZE), archs=("faster",)).edge_half(
+        ["detect"])
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in TRANSMITTED_SCALES}
+    items = []
+    with torch.inference_mode():
+        for i in range(count):
+            maps, _, original_sizes = edge([_scene(HELDOUT_SEED + i, RD_SIZE, RD_SIZE)])
+            for name in TRANSMITTED_SCALES:
+                features[name].append(maps[name][0].clone())
+            items.append({"source": f"heldout:{i}", "original_size": list(original_sizes[0])})
+    return FeatureShards.from_memory(features, items, {"weights": "random:0"})
+
+
+def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path) -> dict[str, Any]:
+    """Run the benchmark, write ``json_path`` and return the report (see the module docstring)."""
+    checkpoint = Path(ckpt) if ckpt is not None else DEFAULT_CHECKPOINT
+    height, width = (512, 512) if quick else (800, 1216)
+    codec = LearnedCodec(checkpoint)
+    config = ModelConfig(min_size=min(height, width), max_size=max(height, width, 1333 if not quick else 512))
+    edge = load_bundle("random:0", config, archs=("faster",)).edge_half(["detect"])
+    image = _scene(HELDOUT_SEED - 1, height, width)
+    phi = codec.default_phi
+
+    with torch.inference_mode():
+        backbone = [timed(lambda: edge([image]))[1] for _ in range(4)][1:]
+        features = edge([image])[0]
+    encode = [timed(lambda: codec.encode(features, dict.fromkeys(features, phi))) for _ in range(4)][1:]
+    records = encode[0][0]
+    decode = [timed(lambda: codec.decode(records))[1] for _ in range(4)][1:]
+
+    low, high = codec.phi_range
+    phis = [float(v) for v in np.linspace(high, low, 9)]
+    sizes = [sum(len(r.payload) for r in codec.encode(features, dict.fromkeys(features, p))) for p in phis]
+    monotonic = all(a >= b for a, b in zip(sizes, sizes[1:]))
+
+    determinism = cross_process_check(checkpoint, features, phi)
+    rd = evaluate_codec(_heldout(2 if quick else 6), checkpoint)
+    report = {
+        "bench": "codec", "quick": quick, "machine": machine(), "checkpoint": str(checkpoint),
+        "fingerprint": codec.fingerprint, "image_size": [height, width], "phi": phi,
+        "bd_rate_vs_quant_percent": rd["bd_rate_vs_quant_percent"].get("all"),
+        "bd_rate_per_scale": {k: v for k, v in rd["bd_rate_vs_quant_percent"].items() if k != "all"},
+        "deterministic": determinism["deterministic"], "determinism": determinism,
+        "encode_ms": median_ms([t for _, t in encode]), "decode_ms": median_ms(decode),
+        "backbone_ms": median_ms(backbone),
+        "bytes_at_phi": sum(len(r.payload) for r in records),
+        "bpp_at_phi": sum(len(r.payload) for r in records) * 8 / (height * width),
+        "rate_monotonic": monotonic, "rate_by_phi": [{"phi": p, "bytes": s} for p, s in zip(phis, sizes)],
+        "rd": {"learned": rd["learned"], "quant": rd["quant"], "items": rd["items"], "size": RD_SIZE},
+    }
+    report["codec_over_backbone"] = round((report["encode_ms"] + report["decode_ms"]) / report["backbone_ms"], 3)
+    write_json(Path(json_path), report)
+    return report
+
+
+def register(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fpnlink bench codec``."""
+    p = bench_subparsers.add_parser("codec", help="learned codec: BD-rate vs quant, determinism, speed vs backbone")
+    p.add_argument("--quick", action="store_true", help="512x512 timing, 2 held-out images")
+    p.add_argument("--ckpt", type=Path, help=f"learned-codec checkpoint (default {DEFAULT_CHECKPOINT.name})")
+    p.add_argument("--json", type=Path, required=True, help="report to write")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the timings")
+    p.set_defaults(func=_run)
+
+
+register_bench = register
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run_codec_bench(args.quick, args.ckpt, args.json)
+    except (ValueError, OSError) as exc:
+        print(f"fpnlink bench codec: error: {exc}", file=sys.stderr)
+        return 2
+    keys = ("bd_rate_vs_quant_percent", "deterministic", "encode_ms", "decode_ms", "backbone_ms", "rate_monotonic")
+    print({k: report[k] for k in keys})
+    return 0
