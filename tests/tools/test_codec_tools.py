@@ -84,6 +84,15 @@ class TestTrain:
         assert blob["train"]["step"] == 4 and blob["config"]["latent"] == 8
         assert LearnedCodec(resumed).fingerprint != before
 
+    def test_shared_transforms_flag(self, shards, tmp_path):
+        out = tmp_path / "shared.pt"
+        assert _cli("train", "--shards", str(shards), "--out", str(out), "--steps", "1", "--batch", "2",
+                    "--crop", "8", "--device", "cpu", "--no-progress", "--shared", "--scales", "1,3", *TINY_ARCH) == 0
+        blob = torch.load(out, weights_only=True)
+        assert blob["config"]["per_scale"] is False and blob["train"]["settings"]["scales"] == ["1", "3"]
+        codec = LearnedCodec(out)
+        assert len(codec.model.branches) == 1 and codec.model.branch(3) is codec.model.branches[0]
+
     def test_lambda_interpolation(self):
         lambdas = (10.0, 1000.0)
         values = codec_tools._lambda_for(torch.tensor([0.0, 0.5, 1.0]), lambdas)
