@@ -85,8 +85,9 @@ def feasible_bits(profile: Profile, positions: dict[str, int]) -> tuple[float, f
 
 
 def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, frames: int, full_frames: int,
-                levels: int, tolerance: float, out_dir: Path | None) -> dict[str, Any]:
-    """Calibrate, then run closed-loop streams at several budgets for one codec."""
+                levels: int, tolerance: float, out_dir: Path | None, profile_stem: str = "ratecontrol",
+                ) -> dict[str, Any]:
+    """Calibrate, then run closed-loop streams at several budgets for one codec (profile saved in ``out_dir``)."""
     height, width = QUICK_SIZE if quick else FULL_SIZE
     config = ModelConfig(min_size=min(height, width), max_size=max(1333, height, width))
     bundle = load_bundle(weights, config, archs=("faster",))
@@ -94,7 +95,7 @@ def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, f
     calib = ((f"scene{i}", scene(height, width, seed=i)) for i in range(calib_images))
     profile = calibrate(calib, bundle, codec, TASKS, levels=levels, data=f"bench scenes 0..{calib_images - 1}")
     if out_dir is not None:
-        profile.save(out_dir / f"ratecontrol_profile_{codec_name}.json")
+        profile.save(out_dir / f"{profile_stem}_profile_{codec_name}.json")
     assert profile.fast_predictor is not None
     held_out = [scene(height, width, seed=HELD_OUT_SEED + i) for i in range(frames)]
 
@@ -178,11 +179,12 @@ def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, f
 
 def run_ratecontrol_bench(quick: bool, codecs: list[str], weights: str = "random:0", calib_images: int | None = None,
                           frames: int | None = None, full_frames: int = 2, levels: int = 4,
-                          tolerance: float = DEFAULT_TOLERANCE, out_dir: Path | None = None) -> dict[str, Any]:
+                          tolerance: float = DEFAULT_TOLERANCE, out_dir: Path | None = None,
+                          profile_stem: str = "ratecontrol") -> dict[str, Any]:
     calib_images = calib_images or (4 if quick else 8)
     frames = frames or (6 if quick else 10)
-    results = {name: bench_codec(name, quick, weights, calib_images, frames, full_frames, levels, tolerance, out_dir)
-               for name in codecs}
+    results = {name: bench_codec(name, quick, weights, calib_images, frames, full_frames, levels, tolerance, out_dir,
+                                 profile_stem) for name in codecs}
     primary = results[codecs[0]]
     accuracy = allocation_accuracy()
     height, width = QUICK_SIZE if quick else FULL_SIZE
@@ -218,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         print("no codec to benchmark")
         return 2
     report = run_ratecontrol_bench(args.quick, codecs, args.weights, args.calib_images, args.frames, args.full_frames,
-                                   args.levels, args.tolerance, args.json.parent)
+                                   args.levels, args.tolerance, args.json.parent, args.json.stem)
     write_json(args.json, report)
     for name, result in report["codecs"].items():
         print(f"[{name}] rate error median {result['rate_error_median']:.4f} p95 {result['rate_error_p95']:.4f} "
@@ -236,7 +238,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser = bench_subparsers.add_parser("ratecontrol", help="MFIBA closed-loop rate error, MFIP and allocation cost",
                                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="512x512 instead of 800x1216, fewer frames")
-    parser.add_argument("--json", type=Path, required=True, help="where to write the report (profiles beside it)")
+    parser.add_argument("--json", type=Path, required=True,
+                        help="where to write the report (the profile goes beside it: STEM_profile_CODEC.json)")
     parser.add_argument("--codec", default="quant", help="comma-separated codecs (quant, learned)")
     parser.add_argument("--weights", default="random:0", help="random:SEED, synthetic, coco or a checkpoint path")
     parser.add_argument("--calib-images", type=int, help="calibration scenes (quick 4, full 8)")
