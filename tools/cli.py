@@ -11,6 +11,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "fpnlink.tools.bench",
     "fpnlink.tools.synth",
     "fpnlink.tools.train",
+    "fpnlink.tools.codec_tools",
     "fpnlink.tools.mfiba_tools",
 )
 
