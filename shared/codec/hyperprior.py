@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import array
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -115,7 +115,6 @@ class _Tables:
     cdf: list[list[int]]
     length: list[int]
     offset: list[int]
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _table_buffers(model: nn.Module, prefix: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -136,7 +135,7 @@ class _Branch(nn.Module):
 
 
 class FeatureHyperprior(nn.Module):
-    """The shared variable-rate feature codec network (see the module docstring for the data flow).
+    """The variable-rate feature codec network for P2..P5 (see the module docstring for the data flow).
 
     Args:
         config: architecture sizes.

@@ -115,7 +115,7 @@ class TestExportEval:
                     "--phis", "0,2", "--limit", "2") == 0
         report = json.loads((out / "rd.json").read_text())
         assert [p["phi"] for p in report["learned"]] == [0.0, 2.0] and len(report["quant"]) == 8
-        assert set(report["bd_rate_vs_quant_percent"]) == {"0", "1", "2", "3", "all"}
+        assert set(report["bd_rate_vs_quant_percent"]) == set(report["rate_monotonic"]) == {"0", "1", "2", "3", "all"}
         assert (out / "rd.md").read_text().startswith("# Learned codec RD")
         assert (out / "rd.png").read_bytes()[:4] == b"\x89PNG"
 
