@@ -6,7 +6,8 @@ import argparse
 import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
-    "fpnlink.tools.bench.split", "fpnlink.tools.bench.ratecontrol", "fpnlink.tools.bench.rd",
+    "fpnlink.tools.bench.split", "fpnlink.tools.bench.codec", "fpnlink.tools.bench.ratecontrol",
+    "fpnlink.tools.bench.rd",
 )
 
 
