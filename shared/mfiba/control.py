@@ -20,7 +20,11 @@ there. The frame-overhead estimate (protobuf framing, ids, fingerprints) is an E
 Codecs whose phi only takes integer values (``quant``'s bit depth; the profile's ``phi_grid``) cannot
 hit each scale's target exactly. There the candidates are the integers within two steps of each
 scale's continuous phi; among the combinations whose predicted frame bits lie within ``window`` of
-the budget the one with the least Eq. 3 loss wins, else the one closest to the budget.
+the budget the one with the least Eq. 3 loss wins, else the one closest to the budget. The correction
+searches only within ``correction_radius`` (1) of the MEASURED phi: a frame's rate factor is not
+constant along phi (quant's 1-bit maps compress very differently from image to image), so the local
+model is trusted only near the point it was measured at. On 800x1216 scenes this cut the 95th
+percentile rate error from 8.5% to 3.4% (median 1.0% -> 0.9%) against searching around the re-plan.
 
 Of the (at most) two encodings the one closer to the budget is sent. Budgets below what the codec can
 reach are clamped to its lowest rates (``Allocation.feasible`` is False), budgets above to its highest.
@@ -50,6 +54,8 @@ DEFAULT_OVERHEAD_BITS = 8 * 200
 """Frame overhead (header, framing) assumed until a frame's real size is observed."""
 INTEGER_RADIUS = 2
 """Integer-phi candidates: this many steps beyond floor/ceil of the continuous phi."""
+CORRECTION_RADIUS = 1
+"""Integer-phi correction: candidates this many steps from the MEASURED phi, where the local model holds."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +100,13 @@ class RateController:
         overhead_bits: initial frame-overhead estimate.
         window: integer-phi codecs: accept combinations predicted within this relative distance
             (default ``tolerance / 4``) and prefer the least loss among them.
+        correction_radius: integer-phi codecs: how far from the measured phi the correction may move
+            each scale (``None``: around the re-planned continuous phi, like the first pass).
     """
 
     def __init__(self, codec: FeatureCodec, profile: Profile, tolerance: float = DEFAULT_TOLERANCE,
                  ema: float = DEFAULT_EMA, overhead_bits: float = DEFAULT_OVERHEAD_BITS,
-                 window: float | None = None) -> None:
+                 window: float | None = None, correction_radius: int | None = CORRECTION_RADIUS) -> None:
         if codec.name != profile.codec.name:
             raise ValueError(f"profile is for codec {profile.codec.name!r}, not {codec.name!r}")
         if not 0 < tolerance < 1 or not 0 < ema <= 1 or overhead_bits < 0:
@@ -112,13 +120,20 @@ class RateController:
         self.overhead_bits = float(overhead_bits)
         self.rho: dict[str, float] = {name: 1.0 for name in profile.scales}
         self.integer = profile.codec.phi_grid == "integer"
+        self.correction_radius = correction_radius
         self._last_payload_bits: int | None = None
 
     # ------------------------------------------------------------------------------------------ planning
 
     def plan(self, weights: Mapping[str, float], positions: Mapping[str, int], payload_budget: float,
-             rho: Mapping[str, float]) -> tuple[Allocation, dict[str, float]]:
-        """Eq. 6 over the ``rho``-scaled feasible ranges, then Eq. 8 (or the integer search) for phi."""
+             rho: Mapping[str, float], around: Mapping[str, float] | None = None,
+             ) -> tuple[Allocation, dict[str, float]]:
+        """Eq. 6 over the ``rho``-scaled feasible ranges, then Eq. 8 (or the integer search) for phi.
+
+        Args:
+            around: integer grids only: search within ``correction_radius`` of these phi (the measured
+                ones) instead of around the continuous solution.
+        """
         fits = {n: self.profile.loss_rate.for_scale(n) for n in weights}
         models = self.profile.rate_phi
         scaled = {n: ScaleRateModel(fits[n].alpha, fits[n].beta, rho[n] * models[n].r_min, rho[n] * models[n].r_max)
@@ -126,20 +141,24 @@ class RateController:
         plan = allocate(weights, scaled, positions, payload_budget, on_infeasible="clamp")
         phi = {n: models[n].phi(plan.rates[n] / rho[n]) for n in weights}
         if self.integer:
-            phi = self._integer_phi(weights, positions, payload_budget, rho, phi, scaled)
+            phi = self._integer_phi(weights, positions, payload_budget, rho, phi, scaled, around)
         return plan, phi
 
     def _integer_phi(self, weights: Mapping[str, float], positions: Mapping[str, int], payload_budget: float,
                      rho: Mapping[str, float], phi: dict[str, float], scaled: Mapping[str, ScaleRateModel],
-                     ) -> dict[str, float]:
+                     around: Mapping[str, float] | None = None) -> dict[str, float]:
         names = list(weights)
         low, high = self.profile.codec.phi_range
         low_int, high_int = math.ceil(low), math.floor(high)
         options, bits, losses = [], [], []
         total_weight = sum(weights.values())
         for n in names:
-            lo_c = max(low_int, math.floor(phi[n]) - INTEGER_RADIUS)
-            hi_c = min(high_int, math.ceil(phi[n]) + INTEGER_RADIUS)
+            if around is None or self.correction_radius is None:
+                lo_c = max(low_int, math.floor(phi[n]) - INTEGER_RADIUS)
+                hi_c = min(high_int, math.ceil(phi[n]) + INTEGER_RADIUS)
+            else:
+                lo_c = max(low_int, round(around[n]) - self.correction_radius)
+                hi_c = min(high_int, round(around[n]) + self.correction_radius)
             candidates = np.arange(lo_c, hi_c + 1, dtype=np.float64)
             rates = rho[n] * np.asarray(self.profile.rate_phi[n].rate(candidates))
             options.append(candidates)
@@ -184,7 +203,7 @@ class RateController:
         if abs(sum(bits.values()) + self.overhead_bits - budget_bits) > self.tolerance * budget_bits:
             local = self._factors(bits, positions, phi)
             corrected_start = time.perf_counter()
-            _, phi2 = self.plan(ordered_weights, positions, payload_budget, local)
+            _, phi2 = self.plan(ordered_weights, positions, payload_budget, local, around=phi)
             corrected = time.perf_counter()
             changed = [n for n in names if phi2[n] != phi[n]]
             if changed:
