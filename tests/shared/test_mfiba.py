@@ -298,6 +298,19 @@ class TestFullMfip:
         assert all(result.rate_bits[n] == sorted(result.rate_bits[n]) for n in NAMES)
         assert set(result.timing_ms) == {"precode", "heads", "scoring", "total"}
 
+    def test_max_batch_splits_the_heads_call(self, tiny_bundle, tiny_features):
+        features, image_sizes, original_sizes = tiny_features[1]
+        batches: list[int] = []
+        hook = tiny_bundle.models["faster"].rpn.register_forward_hook(
+            lambda module, args, out: batches.append(len(args[0].image_sizes)))
+        try:
+            chunked = FullMfip(tiny_bundle, make_codec("quant"), ["detect"], levels=[4.0], max_batch=2)(
+                features, image_sizes, original_sizes)
+        finally:
+            hook.remove()
+        assert batches == [2, 2, 1]  # the reference and 4 variants in chunks of 2
+        assert sum(chunked.weights.values()) == pytest.approx(1.0)
+
     def test_bad_levels(self, tiny_bundle):
         with pytest.raises(ValueError, match="phi must lie"):
             FullMfip(tiny_bundle, make_codec("quant"), ["detect"], levels=[0.0, 9.0])
