@@ -267,6 +267,10 @@ def _rate_record(coder: BudgetedCoder, frame_bytes: int) -> dict[str, Any]:
     coder.observe_frame(frame_bytes)
     assert coder.last is not None
     importance, result = coder.last
+    if not result.allocation.feasible and coder.infeasible_frames == 1:
+        log.warning("budget %s is below what codec %s needs at its lowest rates (%.0f bits for this frame); "
+                    "frames go out at those rates, see 'rate' in the results", coder.budget.text,
+                    coder.controller.codec.name, result.frame_bits_estimate)
     return {"budget_bits": result.budget_bits, "frame_bits": 8 * frame_bytes,
             "error": (8 * frame_bytes - result.budget_bits) / result.budget_bits, "weights": importance.weights,
             "mfip": importance.mode, "phi": result.phi, "planned_bits": result.planned_bits,

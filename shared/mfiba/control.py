@@ -259,6 +259,7 @@ class BudgetedCoder:
 
     Attributes:
         last: the last frame's ``(Importance, ControlResult)``.
+        infeasible_frames: frames whose budget was below the codec's lowest rates (sent at those rates).
     """
 
     def __init__(self, controller: RateController, importance: ImportanceFn, budget: Budget) -> None:
@@ -266,12 +267,14 @@ class BudgetedCoder:
         self.importance = importance
         self.budget = budget
         self.last: tuple[Importance, ControlResult] | None = None
+        self.infeasible_frames = 0
 
     def __call__(self, features: dict[str, Tensor], image_sizes: list[ImageSize],
                  original_sizes: list[ImageSize]) -> tuple[list[ScaleRecord], dict[str, int]]:
         weights = self.importance(features, image_sizes, original_sizes)
         result = self.controller.code(features, weights.weights, self.budget.bits_per_frame(original_sizes[0]))
         self.last = (weights, result)
+        self.infeasible_frames += int(not result.allocation.feasible)
         return result.records, result.planned_bits
 
     def observe_frame(self, frame_bytes: int) -> None:

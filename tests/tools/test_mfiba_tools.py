@@ -102,6 +102,24 @@ class TestEdgeBudget:
         with pytest.raises(ValueError, match="either phi or rate_control"):
             agent.encode(tensor, 2, phi={"0": 4.0}, rate_control=coder)
 
+    def test_infeasible_budget_is_sent_at_the_lowest_rates_and_warned_once(self, profile_path, tiny_bundle, caplog):
+        from fpnlink.edge.cli import _rate_record
+
+        profile = load_profile(profile_path)
+        codec = make_codec("quant")
+        agent = EdgeAgent(tiny_bundle, codec, ["detect"], stream_id="budget-test")
+        coder = BudgetedCoder(RateController(codec, profile), profile.fast_predictor.importance, parse_budget("1KB"))
+        image, _ = render_scene(np.random.default_rng([8, 1]), 128)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        records = []
+        with caplog.at_level("WARNING", logger="fpnlink-edge"):
+            for frame_id in (1, 2):
+                encoded = agent.encode(tensor, frame_id, rate_control=coder)
+                records.append(_rate_record(coder, encoded.frame_bytes))
+        assert [r["feasible"] for r in records] == [False, False] and coder.infeasible_frames == 2
+        assert all(phi == 1.0 for phi in records[0]["phi"].values())
+        assert len([m for m in caplog.messages if "below what codec quant needs" in m]) == 1
+
     @pytest.mark.parametrize("flags, message", [
         ({"budget": "0.5bpp"}, "needs an MFIBA profile"),
         ({"budget": "0.5bpp", "profile": "p.json", "phi": 4.0}, "either phi"),
