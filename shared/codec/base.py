@@ -27,6 +27,15 @@ MAX_ELEMENTS = 64 * 1024 * 1024
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 
 
+def check_shape(shape: tuple[int, int, int], what: str) -> None:
+    """Raise CodecError unless a decoded ``(C, H, W)`` lies within the hard limits."""
+    channels, height, width = shape
+    if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise CodecError(f"{what}: shape {shape} out of range")
+    if channels * height * width > MAX_ELEMENTS:
+        raise CodecError(f"{what}: shape {shape} has more than {MAX_ELEMENTS} elements")
+
+
 @dataclass(frozen=True)
 class ScaleRecord:
     """One coded FPN scale as it travels.
@@ -49,11 +58,7 @@ class ScaleRecord:
         """Check the declared shape and dtype against hard limits (before anything is allocated)."""
         if len(self.shape) != 3 or any(not isinstance(s, int) for s in self.shape):
             raise CodecError(f"scale {self.name!r}: shape must be 3 integers (C, H, W), got {self.shape}")
-        channels, height, width = self.shape
-        if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
-            raise CodecError(f"scale {self.name!r}: shape {self.shape} out of range")
-        if channels * height * width > MAX_ELEMENTS:
-            raise CodecError(f"scale {self.name!r}: {channels * height * width} elements exceed {MAX_ELEMENTS}")
+        check_shape(self.shape, f"scale {self.name!r}")
         if self.dtype not in DTYPES:
             raise CodecError(f"scale {self.name!r}: dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 

@@ -36,7 +36,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import CodecError
-from .base import MAX_CHANNELS, MAX_ELEMENTS, MAX_SIDE
+from .base import MAX_CHANNELS, MAX_ELEMENTS, MAX_SIDE, check_shape
 
 MAGIC = b"FPNC"
 VERSION = 1
@@ -86,11 +86,7 @@ class PayloadHeader:
             raise CodecError(f"fingerprint {self.fingerprint!r} is not {2 * FINGERPRINT_BYTES} hex digits") from None
         if not 0 <= self.scale <= NO_SCALE:
             raise CodecError(f"scale index {self.scale} out of range 0..{NO_SCALE}")
-        channels, height, width = self.shape
-        if not (1 <= channels <= MAX_CHANNELS and 1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
-            raise CodecError(f"shape {self.shape} out of range")
-        if channels * height * width > MAX_ELEMENTS:
-            raise CodecError(f"shape {self.shape} has more than {MAX_ELEMENTS} elements")
+        check_shape(self.shape, "container header")
         if not math.isfinite(self.phi):
             raise CodecError(f"phi {self.phi} is not finite")
         if len(self.latent_shapes) > MAX_STREAMS:

@@ -88,7 +88,7 @@ class TestBadPayloads:
             make_codec("quant").decode([dataclasses.replace(record, payload=bad)])
 
     def test_lying_shape_is_refused_before_allocation(self, record):
-        with pytest.raises(CodecError, match="exceed|out of range"):
+        with pytest.raises(CodecError, match="more than|out of range"):
             make_codec("quant").decode([dataclasses.replace(record, shape=(4096, 4096, 4096))])
 
     def test_zip_bomb_is_bounded(self, record):
