@@ -48,6 +48,7 @@ from ..shared.codec.learned import SCALE_INDEX, LearnedCodec
 from ..shared.errors import FpnlinkError
 from ..shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
 from .bd_rate import bd_rate
+from .devices import resolve_device
 
 SHARD_FORMAT = "fpnlink.feature-shards/1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -300,12 +301,6 @@ def _lambda_for(phi: Tensor, lambdas: tuple[float, ...]) -> Tensor:
     low = phi.floor().long().clamp(0, len(lambdas) - 2)
     frac = phi - low.to(phi.dtype)
     return torch.exp(logs[low] * (1 - frac) + logs[low + 1] * frac)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, device: str = "auto",

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from ..shared.model.assets import write_asset
 from ..shared.model.zoo import BUNDLE_FORMAT, ModelConfig, load_bundle
+from .devices import resolve_device
 from .evaluation import ARCH_IOU_TYPE, COCO_KEYPOINT_SIGMAS, coco_ap, coco_results
 from .synth import KEYPOINTS, PERSON
 
@@ -298,14 +299,6 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
-
-
 def _batch_order(n: int, step: int, batch: int, seed: int) -> list[int]:
     """Indices of step ``step``: a fresh permutation per epoch, so a resumed run sees the same order."""
     per_epoch = max(1, n // batch)
@@ -323,7 +316,7 @@ def train(
     Returns:
         ``{"iterations": int, "seconds_per_iter": float, "last_losses": {name: float}}``.
     """
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     dataset = CocoSplit(data, "train")
     if len(dataset) < config.batch:
         raise ValueError(f"{len(dataset)} training images is fewer than --batch {config.batch}")
@@ -453,7 +446,7 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(train(args.data, args.out, config, args.device, args.resume,
                                    args.checkpoint_every_min)), flush=True)
             weights = args.out
-        device = str(_resolve_device(args.device))
+        device = str(resolve_device(args.device))
         metrics = evaluate(weights, args.data, "val", args.size, args.eval_images, device)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fpnlink train: error: {exc}", file=sys.stderr)

@@ -71,6 +71,7 @@ from fpnlink.shared.wire import FrameHeader, build_frame
 
 from ..bd_rate import bd_rate_checked
 from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset, to_tensor
+from ..devices import resolve_device
 from .common import machine, median_ms, write_json
 
 CONFIGS: tuple[str, ...] = ("raw16", "quant_uniform", "learned_uniform", "mfiba_full", "mfiba_fast", "jpeg", "webp")
@@ -316,22 +317,12 @@ class MfibaSetup:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
-    return torch.device(name)
-
-
 class RdBench:
     """One RD benchmark run (see the module docstring); :meth:`run` returns the report dict."""
 
     def __init__(self, settings: RdSettings) -> None:
         self.s = settings
-        self.device = _resolve_device(settings.device)
+        self.device = resolve_device(settings.device)
         self.timer = StageTimer(self.device)
         self.notes: list[str] = []
 
