@@ -29,6 +29,7 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--detections-per-img", int, "cap on detections per image and task"),
     ("--score-thresh", float, "minimum detection score"),
     ("--device", str, "torch device of the heads (cpu, cuda, cuda:1)"),
+    ("--codec-checkpoint", str, "weights of the learned codec (default: the shipped one); same backbone weights"),
     ("--max-frame-bytes", int, "largest serialized frame accepted (gRPC message limit)"),
     ("--max-upload-bytes", int, "largest /v1/analyze upload"),
     ("--threads", int, "torch intra-op threads"),

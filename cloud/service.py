@@ -29,7 +29,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from fpnlink.shared.codec import make_codec
+from fpnlink.shared.codec import available_codecs, codec_has_weights, make_codec
 from fpnlink.shared.errors import NotReadyError
 from fpnlink.shared.model import ModelBundle, load_bundle
 from fpnlink.shared.wire import pb
@@ -224,7 +224,10 @@ class CloudService:
             logger.warning("%s\nUNTRAINED WEIGHTS %r: every detection this server returns is meaningless "
                            "(Result.trained = false). Use --weights coco, synthetic or a checkpoint.\n%s",
                            UNTRAINED_BANNER, bundle.weights, UNTRAINED_BANNER)
-        codecs = {name: make_codec(name) for name in settings.codecs} if settings.codecs is not None else None
+        codecs = None  # every registered codec with its defaults
+        if settings.codecs is not None or settings.codec_checkpoint is not None:
+            codecs = {name: make_codec(name, settings.codec_checkpoint if codec_has_weights(name) else None)
+                      for name in settings.codecs or available_codecs()}
         engine = CloudEngine(bundle, codecs, settings.max_frame_bytes, num_threads=settings.threads,
                              device=settings.device, cache_size=settings.cache_size)
         if settings.warmup:

@@ -6,11 +6,13 @@ environment. Library code receives plain values from here and never reads the en
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fpnlink.shared.codec import available_codecs, codec_has_weights
 from fpnlink.shared.model import ModelConfig
 
 MiB = 1024 * 1024
@@ -29,6 +31,8 @@ class CloudSettings(BaseSettings):
             must resize with the same min/max size, which the backbone fingerprint checks.
         device: torch device of the heads, e.g. ``cpu`` or ``cuda``.
         codecs: codec names served; every registered codec when omitted.
+        codec_checkpoint: weights file of the served codecs that load one (``learned``); their shipped
+            defaults when omitted. It must hold for the same backbone weights.
         max_frame_bytes: cap on a serialized frame, gRPC message size limits included.
         max_upload_bytes, max_image_pixels: caps on ``POST /v1/analyze`` uploads.
         threads: torch intra-op threads; torch's default when omitted.
@@ -51,6 +55,7 @@ class CloudSettings(BaseSettings):
     score_thresh: float = Field(0.05, ge=0.0, le=1.0)
     device: str = "cpu"
     codecs: list[str] | None = None
+    codec_checkpoint: Path | None = None
     max_frame_bytes: int = Field(256 * MiB, ge=1024, le=MAX_GRPC_MESSAGE)
     max_upload_bytes: int = Field(32 * MiB, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
@@ -63,9 +68,15 @@ class CloudSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
-    def _sizes_ordered(self) -> CloudSettings:
+    def _consistent(self) -> CloudSettings:
         if self.min_size > self.max_size:
             raise ValueError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
+        if self.codec_checkpoint is not None:
+            if not self.codec_checkpoint.is_file():
+                raise ValueError(f"codec_checkpoint {self.codec_checkpoint} is not a file")
+            served = self.codecs if self.codecs is not None else available_codecs()
+            if not any(codec_has_weights(name) for name in served):
+                raise ValueError(f"codec_checkpoint is given but none of the served codecs {served} loads weights")
         return self
 
     def network_config(self) -> ModelConfig:

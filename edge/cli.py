@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..shared.codec import available_codecs, make_codec
+from ..shared.codec import available_codecs
 from ..shared.errors import FingerprintMismatchError, FpnlinkError, UnsupportedError, WeightsError
 from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", help="cloud gRPC address host:port (default localhost:50051)")
     run.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default detect)")
     run.add_argument("--codec", help=f"feature codec, one of {available_codecs()} (default quant)")
+    run.add_argument("--codec-checkpoint", type=Path, help="weights of the learned codec (default: the shipped "
+                                                          "one); the cloud must serve the same file")
     run.add_argument("--phi", type=float, help="rate parameter for every scale (quant: bits 1..8; default 6)")
     run.add_argument("--budget", help="frame budget instead of --phi: 0.05bpp, 30KB or 2Mbps@10fps; MFIBA picks "
                                       "phi per scale and frame (needs --profile)")
@@ -125,6 +127,10 @@ def run_command(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         return _usage_error(_describe(exc))
     try:
+        codec = settings.build_codec()
+    except WeightsError as exc:
+        return _usage_error(f"--codec-checkpoint: {exc}")
+    try:
         source = ImageSource(args.source, recursive=settings.recursive)
     except SourceError as exc:
         return _usage_error(str(exc))
@@ -153,7 +159,7 @@ def run_command(args: argparse.Namespace) -> int:
             _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
         stream_id = settings.stream_id or _unique_stream_id()
         try:
-            agent = EdgeAgent(bundle, make_codec(settings.codec), settings.tasks, stream_id)
+            agent = EdgeAgent(bundle, codec, settings.tasks, stream_id)
             check_compatible(caps, tasks=agent.tasks, model_fingerprint=agent.model_fingerprint,
                              codec=agent.codec.name, codec_fingerprint=agent.codec.fingerprint)
         except (FingerprintMismatchError, UnsupportedError) as exc:

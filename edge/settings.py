@@ -12,7 +12,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ..shared.codec import available_codecs, make_codec
+from ..shared.codec import FeatureCodec, available_codecs, codec_has_weights, make_codec
+from ..shared.errors import WeightsError
 from ..shared.mfiba import parse_budget, parse_mfip_mode
 from ..shared.model import TASKS
 from ..shared.wire.convert import MAX_ID_LENGTH
@@ -27,6 +28,8 @@ class EdgeSettings(BaseSettings):
         weights: ``random:SEED``, ``coco``, ``synthetic`` or a checkpoint path; must match the cloud's.
         tasks: tasks asked of the cloud, comma-separated in the environment (``FPNLINK_EDGE_TASKS=detect,segment``).
         codec: a registered codec name.
+        codec_checkpoint: weights file of a codec that loads one (``learned``); its shipped default when
+            unset. The cloud must serve the same file.
         phi: rate parameter for every scale; the codec's default when unset.
         budget: frame budget (``0.05bpp``, ``30KB``, ``2Mbps@10fps``): MFIBA picks phi per scale and frame
             (needs ``profile``; excludes ``phi``).
@@ -47,6 +50,7 @@ class EdgeSettings(BaseSettings):
     weights: str = "random:0"
     tasks: Annotated[list[str], NoDecode] = ["detect"]
     codec: str = "quant"
+    codec_checkpoint: Path | None = None
     phi: float | None = None
     budget: str | None = None
     mfip: str = "fast"
@@ -96,8 +100,16 @@ class EdgeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> EdgeSettings:
+        if self.codec_checkpoint is not None:
+            if not codec_has_weights(self.codec):
+                raise ValueError(f"codec_checkpoint is given but codec {self.codec!r} loads no weights")
+            if not self.codec_checkpoint.is_file():
+                raise ValueError(f"codec_checkpoint {self.codec_checkpoint} is not a file")
         if self.phi is not None:
-            make_codec(self.codec).check_phi(self.phi)
+            try:
+                self.build_codec().check_phi(self.phi)
+            except WeightsError as exc:
+                raise ValueError(str(exc)) from exc
         if self.budget is not None and self.phi is not None:
             raise ValueError("give either phi (fixed rate) or budget (MFIBA rate control), not both")
         if self.budget is not None and self.profile is None:
@@ -105,3 +117,7 @@ class EdgeSettings(BaseSettings):
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} exceeds max_size {self.max_size}")
         return self
+
+    def build_codec(self) -> FeatureCodec:
+        """The configured codec (weights from ``codec_checkpoint`` where it has some)."""
+        return make_codec(self.codec, self.codec_checkpoint)

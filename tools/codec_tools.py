@@ -339,7 +339,8 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
     crops = {name: shards.crop_size(name, settings.crop) for name in settings.scales}
     high = float(len(settings.lambdas) - 1)
     meta = {"backbone_fingerprint": shards.manifest.get("backbone_fingerprint"),
-            "weights": shards.manifest.get("weights"), "items": len(shards)}
+            "weights": shards.manifest.get("weights"), "items": len(shards),
+            "min_size": shards.manifest.get("min_size"), "max_size": shards.manifest.get("max_size")}
     logged: dict[str, Any] = {}
     bar = tqdm(range(start, settings.steps), desc="train", disable=not progress, initial=start,
                total=settings.steps, mininterval=2)

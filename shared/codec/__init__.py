@@ -4,9 +4,9 @@ from .base import DTYPES, FeatureCodec, ScaleRecord
 from .learned import LearnedCodec
 from .quant import QuantCodec
 from .raw import Raw16Codec, RawCodec
-from .registry import available_codecs, make_codec, register_codec
+from .registry import available_codecs, codec_has_weights, make_codec, register_codec
 
 __all__ = [
     "DTYPES", "FeatureCodec", "LearnedCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
-    "available_codecs", "make_codec", "register_codec",
+    "available_codecs", "codec_has_weights", "make_codec", "register_codec",
 ]

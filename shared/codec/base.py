@@ -77,6 +77,8 @@ class FeatureCodec(ABC):
 
     name: ClassVar[str]
     lossless: ClassVar[bool]
+    has_weights: ClassVar[bool] = False
+    """Loads a weights file (``checkpoint=``); see :func:`~fpnlink.shared.codec.registry.make_codec`."""
     phi_range: ClassVar[tuple[float, float]]
     default_phi: ClassVar[float]
 

@@ -154,6 +154,8 @@ class FeatureHyperprior(nn.Module):
             self.register_buffer(f"{prefix}_cdf_length", torch.zeros(0, dtype=torch.int32))
             self.register_buffer(f"{prefix}_offset", torch.zeros(0, dtype=torch.int32))
         self._tables: dict[str, _Tables] = {}
+        self.meta: dict[str, Any] = {}
+        """Provenance from the checkpoint (backbone weights and fingerprint, input size, steps); not hashed."""
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -429,6 +431,7 @@ class FeatureHyperprior(nn.Module):
                     setattr(model, name, torch.zeros_like(state[name]))
         model.load_state_dict(state)
         model._tables.clear()
+        model.meta = dict(blob.get("meta") or {})
         return model
 
 

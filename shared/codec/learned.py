@@ -33,7 +33,7 @@ from .registry import register_codec
 if TYPE_CHECKING:
     from .hyperprior import FeatureHyperprior
 
-DEFAULT_CHECKPOINT = Path(__file__).with_name("assets") / "learned-tiny.pt"
+TINY_CHECKPOINT = Path(__file__).with_name("assets") / "learned-tiny.pt"
 """A tiny per-scale model (M=16, 4 gain levels) trained on ``random:0`` features at 128 px: for tests and wiring,
 not for quality. Rebuilt with::
 
@@ -42,6 +42,8 @@ not for quality. Rebuilt with::
         --hidden 16 --lambdas 16,128,1024,8192 --lr 2e-3 --threads 1
     fpnlink codec export --ckpt tiny.pt --out shared/codec/assets/learned-tiny.pt
 """
+DEFAULT_CHECKPOINT = TINY_CHECKPOINT
+"""What ``LearnedCodec()`` loads when no checkpoint is named."""
 SCALE_INDEX: dict[str, int] = {"0": 0, "1": 1, "2": 2, "3": 3}
 MIN_STREAM_BYTES = 8
 """An rANS stream always holds at least its 64-bit final state."""
@@ -89,6 +91,7 @@ class LearnedCodec(FeatureCodec):
 
     name = "learned"
     lossless = False
+    has_weights = True
     phi_range = (0.0, 5.0)
     default_phi = 2.5
 

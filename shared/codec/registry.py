@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import UnsupportedError
@@ -24,11 +25,26 @@ def register_codec(name: str) -> Callable[[T], T]:
     return wrap
 
 
-def make_codec(name: str, **kwargs: Any) -> FeatureCodec:
-    """Build a registered codec; :class:`UnsupportedError` lists the known names otherwise."""
+def make_codec(name: str, checkpoint: str | Path | None = None, **kwargs: Any) -> FeatureCodec:
+    """Build a registered codec; :class:`UnsupportedError` lists the known names otherwise.
+
+    Args:
+        checkpoint: weights file of a codec that loads one (``has_weights``); its shipped default when
+            ``None``. Naming one for a codec without weights is an :class:`UnsupportedError`.
+    """
     if name not in _CODECS:
         raise UnsupportedError(f"unknown codec {name!r}; known: {available_codecs()}")
+    if checkpoint is not None:
+        if not codec_has_weights(name):
+            raise UnsupportedError(f"codec {name!r} has no weights; a checkpoint ({checkpoint}) applies to "
+                                   f"{[n for n in available_codecs() if codec_has_weights(n)]}")
+        kwargs["checkpoint"] = checkpoint
     return _CODECS[name](**kwargs)
+
+
+def codec_has_weights(name: str) -> bool:
+    """Whether the registered codec ``name`` loads a weights file."""
+    return bool(getattr(_CODECS.get(name), "has_weights", False))
 
 
 def available_codecs() -> list[str]:

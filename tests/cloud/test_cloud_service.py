@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from fpnlink.cloud import CloudEngine, CloudService, CloudSettings
 from fpnlink.cloud.server import SERVICE_NAME
+from fpnlink.shared.codec.learned import TINY_CHECKPOINT, LearnedCodec
 from fpnlink.shared.errors import WeightsError
 from fpnlink.shared.wire import pb, pb_grpc
 
@@ -100,6 +101,22 @@ class TestReadiness:
             assert [c.name for c in caps.codecs] == ["quant"]
 
 
+    def test_codec_checkpoint_from_settings(self, tiny_bundle):
+        settings = loopback_settings(codecs=["quant", "learned"], codec_checkpoint=TINY_CHECKPOINT)
+        with CloudService(settings, bundle_loader=lambda _: tiny_bundle).run_in_background() as handle:
+            with grpc.insecure_channel(handle.grpc_target) as channel:
+                caps = pb_grpc.FeatureLinkStub(channel).GetCapabilities(pb.CapabilitiesRequest(), timeout=5)
+        served = {c.name: c.fingerprint for c in caps.codecs}
+        assert served["learned"] == LearnedCodec(TINY_CHECKPOINT).fingerprint
+
+    def test_unloadable_codec_checkpoint_fails_setup(self, tiny_bundle, tmp_path):
+        broken = tmp_path / "codec.pt"
+        broken.write_bytes(b"not a checkpoint")
+        service = CloudService(loopback_settings(codec_checkpoint=broken), bundle_loader=lambda _: tiny_bundle)
+        with pytest.raises(WeightsError, match="cannot load learned-codec checkpoint"):
+            service.run_in_background(wait_ready=True, timeout=30)
+
+
 class TestSettings:
     def test_environment_with_prefix(self, monkeypatch):
         monkeypatch.setenv("FPNLINK_CLOUD_GRPC_PORT", "1234")
@@ -116,7 +133,9 @@ class TestSettings:
         assert settings.network_config().min_size == 800
 
     @pytest.mark.parametrize("kwargs", [{"min_size": 900, "max_size": 800}, {"grpc_port": 70000}, {"workers": 0},
-                                        {"max_frame_bytes": 2**31}, {"unknown": 1}])
+                                        {"max_frame_bytes": 2**31}, {"unknown": 1},
+                                        {"codec_checkpoint": "/nonexistent/codec.pt"},
+                                        {"codec_checkpoint": __file__, "codecs": ["quant", "raw"]}])
     def test_invalid(self, kwargs):
         with pytest.raises(ValidationError):
             CloudSettings(**kwargs)

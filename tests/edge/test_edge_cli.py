@@ -19,6 +19,8 @@ class TestUsageErrors:
         (["--phi", "12"], "phi must lie in [1.0, 8.0]"),
         (["--min-size", "8"], "--min-size"),
         (["--threads", "0"], "--threads"),
+        (["--codec-checkpoint", "/nonexistent/codec.pt", "--codec", "learned"], "is not a file"),
+        (["--codec-checkpoint", __file__], "codec 'quant' loads no weights"),
     ])
     def test_bad_values(self, image_dir, closed_target, capsys, extra, message):
         assert main(["run", "--source", str(image_dir), "--server", closed_target, *extra]) == 2
@@ -43,6 +45,11 @@ class TestUsageErrors:
 
     def test_no_command(self, capsys):
         assert main([]) == 2
+
+    def test_unloadable_codec_checkpoint(self, image_dir, closed_target, capsys):
+        args = ["run", "--source", str(image_dir), "--server", closed_target, "--codec", "learned"]
+        assert main([*args, "--codec-checkpoint", __file__]) == 2
+        assert "--codec-checkpoint: cannot load learned-codec checkpoint" in capsys.readouterr().err
 
 
 class TestAgainstPeer:

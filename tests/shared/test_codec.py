@@ -8,7 +8,8 @@ import zlib
 import pytest
 import torch
 
-from fpnlink.shared.codec import ScaleRecord, available_codecs, make_codec, register_codec
+from fpnlink.shared.codec import ScaleRecord, available_codecs, codec_has_weights, make_codec, register_codec
+from fpnlink.shared.codec.learned import TINY_CHECKPOINT
 from fpnlink.shared.codec.raw import RawCodec
 from fpnlink.shared.errors import CodecError, UnsupportedError
 
@@ -26,6 +27,12 @@ class TestRegistry:
     def test_unknown_codec(self):
         with pytest.raises(UnsupportedError, match="known"):
             make_codec("jpeg-xl")
+
+    def test_checkpoint_only_for_codecs_with_weights(self):
+        assert [n for n in available_codecs() if codec_has_weights(n)] == ["learned"]
+        with pytest.raises(UnsupportedError, match="codec 'quant' has no weights"):
+            make_codec("quant", checkpoint=TINY_CHECKPOINT)
+        assert make_codec("learned", checkpoint=TINY_CHECKPOINT).checkpoint == TINY_CHECKPOINT
 
     def test_duplicate_name_refused(self):
         with pytest.raises(ValueError, match="already registered"):

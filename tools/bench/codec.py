@@ -12,11 +12,12 @@ What it measures, in one run on one machine::
                   same frame; per scale in rate_monotonic_by_scale, and on the held-out set in
                   rate_monotonic_heldout)
     bd_rate_vs_quant_percent  BD-rate (PCHIP) of feature PSNR against bits per input pixel, learned
-                  against quant at 1..8 bits, on held-out synthetic scenes at 512 px (total rate
-                  against the mean PSNR of the four scales; per scale in bd_rate_per_scale)
+                  against quant at 1..8 bits, on held-out synthetic scenes (total rate against the
+                  mean PSNR of the four scales; per scale in bd_rate_per_scale)
 
-Timings are medians of 3 after one warm-up. Features come from the ``random:0`` backbone, the one the
-shipped and the bench checkpoints are trained on.
+Timings are medians of 3 after one warm-up. Features come from the backbone the checkpoint was trained
+on (its provenance: ``weights``, and ``min_size`` for the held-out scenes' side; ``random:0`` and
+512 px for checkpoints that do not say), unless ``--weights`` / ``--rd-size`` name others.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ import numpy as np
 import torch
 
 from ...shared.codec.learned import DEFAULT_CHECKPOINT, LearnedCodec
+from ...shared.errors import FpnlinkError
 from ...shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
 from ..codec_tools import FeatureShards, cross_process_check, evaluate_codec, render_image
 from .common import machine, median_ms, timed, write_json
 
 HELDOUT_SEED = 90_001
 """Seed of the held-out scenes (training scenes use small seeds)."""
-RD_SIZE = 512
+DEFAULT_WEIGHTS = "random:0"
+DEFAULT_RD_SIZE = 512
 
 
 def _scene(seed: int, height: int, width: int) -> torch.Tensor:
@@ -44,28 +47,30 @@ def _scene(seed: int, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
 
 
-def _heldout(count: int) -> FeatureShards:
-    """Features of ``count`` held-out scenes at 512 px, in memory."""
-    edge = load_bundle("random:0", ModelConfig(min_size=RD_SIZE, max_size=RD_SIZE), archs=("faster",)).edge_half(
-        ["detect"])
+def _heldout(weights: str, size: int, count: int) -> FeatureShards:
+    """Features of ``count`` held-out ``size`` px scenes, in memory."""
+    edge = load_bundle(weights, ModelConfig(min_size=size, max_size=size), archs=("faster",)).edge_half(["detect"])
     features: dict[str, list[torch.Tensor]] = {name: [] for name in TRANSMITTED_SCALES}
     items = []
     with torch.inference_mode():
         for i in range(count):
-            maps, _, original_sizes = edge([_scene(HELDOUT_SEED + i, RD_SIZE, RD_SIZE)])
+            maps, _, original_sizes = edge([_scene(HELDOUT_SEED + i, size, size)])
             for name in TRANSMITTED_SCALES:
                 features[name].append(maps[name][0].clone())
             items.append({"source": f"heldout:{i}", "original_size": list(original_sizes[0])})
-    return FeatureShards.from_memory(features, items, {"weights": "random:0"})
+    return FeatureShards.from_memory(features, items, {"weights": weights})
 
 
-def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path) -> dict[str, Any]:
+def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path, weights: str | None = None,
+                    rd_size: int | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``json_path`` and return the report (see the module docstring)."""
     checkpoint = Path(ckpt) if ckpt is not None else DEFAULT_CHECKPOINT
-    height, width = (512, 512) if quick else (800, 1216)
     codec = LearnedCodec(checkpoint)
+    weights = weights or codec.model.meta.get("weights") or DEFAULT_WEIGHTS
+    rd_size = rd_size or codec.model.meta.get("min_size") or DEFAULT_RD_SIZE
+    height, width = (512, 512) if quick else (800, 1216)
     config = ModelConfig(min_size=min(height, width), max_size=max(height, width, 1333 if not quick else 512))
-    edge = load_bundle("random:0", config, archs=("faster",)).edge_half(["detect"])
+    edge = load_bundle(weights, config, archs=("faster",)).edge_half(["detect"])
     image = _scene(HELDOUT_SEED - 1, height, width)
     phi = codec.default_phi
 
@@ -83,9 +88,9 @@ def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path) -> dict[str
     monotonic_by_scale = {name: all(a[name] >= b[name] for a, b in zip(per_phi, per_phi[1:])) for name in features}
 
     determinism = cross_process_check(checkpoint, features, phi)
-    rd = evaluate_codec(_heldout(2 if quick else 6), checkpoint)
+    rd = evaluate_codec(_heldout(weights, rd_size, 2 if quick else 6), checkpoint)
     report = {
-        "bench": "codec", "quick": quick, "machine": machine(), "checkpoint": str(checkpoint),
+        "bench": "codec", "quick": quick, "machine": machine(), "checkpoint": str(checkpoint), "weights": weights,
         "fingerprint": codec.fingerprint, "image_size": [height, width], "phi": phi,
         "bd_rate_vs_quant_percent": rd["bd_rate_vs_quant_percent"].get("all"),
         "bd_rate_per_scale": {k: v for k, v in rd["bd_rate_vs_quant_percent"].items() if k != "all"},
@@ -97,7 +102,7 @@ def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path) -> dict[str
         "rate_monotonic": all(monotonic_by_scale.values()), "rate_monotonic_by_scale": monotonic_by_scale,
         "rate_monotonic_heldout": rd["rate_monotonic"],
         "rate_by_phi": [{"phi": p, "bytes": s, "scales": d} for p, s, d in zip(phis, sizes, per_phi)],
-        "rd": {"learned": rd["learned"], "quant": rd["quant"], "items": rd["items"], "size": RD_SIZE},
+        "rd": {"learned": rd["learned"], "quant": rd["quant"], "items": rd["items"], "size": rd_size},
     }
     report["codec_over_backbone"] = round((report["encode_ms"] + report["decode_ms"]) / report["backbone_ms"], 3)
     write_json(Path(json_path), report)
@@ -110,6 +115,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="512x512 timing, 2 held-out images")
     p.add_argument("--ckpt", type=Path, help=f"learned-codec checkpoint (default {DEFAULT_CHECKPOINT.name})")
     p.add_argument("--json", type=Path, required=True, help="report to write")
+    p.add_argument("--weights", help="backbone (default: the one the checkpoint was trained on, else random:0)")
+    p.add_argument("--rd-size", type=int, help="side of the held-out scenes (default: the checkpoint's training size)")
     p.add_argument("--threads", type=int, help="torch CPU threads for the timings")
     p.set_defaults(func=_run)
 
@@ -121,8 +128,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        report = run_codec_bench(args.quick, args.ckpt, args.json)
-    except (ValueError, OSError) as exc:
+        report = run_codec_bench(args.quick, args.ckpt, args.json, args.weights, args.rd_size)
+    except (ValueError, OSError, FpnlinkError) as exc:
         print(f"fpnlink bench codec: error: {exc}", file=sys.stderr)
         return 2
     keys = ("bd_rate_vs_quant_percent", "deterministic", "encode_ms", "decode_ms", "backbone_ms", "rate_monotonic")
