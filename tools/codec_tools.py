@@ -13,8 +13,8 @@
         every rate level pull comparably on the shared transforms: unweighted, the largest lambda's
         items dominate the gradient and the low-phi gains barely train (measured on synthetic-backbone
         features, lambda 0.5..2048: after 11k steps phi 0 still spent 4.2 bits per input pixel on P2).
-    fpnlink codec export --ckpt CKPT --out FILE
-        the checkpoint without its optimiser state (what ships).
+    fpnlink codec export --ckpt CKPT --out FILE [--half]
+        the checkpoint without its optimiser state (what ships); --half stores the transforms in fp16.
     fpnlink codec eval --shards HELDOUT --ckpt CKPT --out DIR
         rd.json, rd.md and rd.png: bits per input pixel against feature PSNR for each scale,
         learned (real bytes, container header included) against ``quant`` at 1..8 bits.
@@ -658,6 +658,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a checkpoint without its training state (what LearnedCodec loads)")
     p.add_argument("--ckpt", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--half", action="store_true", help="store the analysis/synthesis transforms in float16")
     p.set_defaults(func=_run_export)
 
     p = sub.add_parser("eval", help="RD table and plot against the quant codec on held-out shards")
@@ -714,13 +715,28 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
-    """Copy ``checkpoint`` without the optimiser state; the model part is loaded and checked first."""
+HALF_PRECISION_PARTS = (".g_a.", ".g_s.")
+"""State-dict keys (substrings) ``export --half`` stores in float16: the analysis and synthesis transforms,
+most of the bytes. The entropy models, the integer scale network, gains and tables stay as trained."""
+
+
+def export_checkpoint(checkpoint: Path, out: Path, half: bool = False) -> dict[str, Any]:
+    """Copy ``checkpoint`` without the optimiser state; the model part is loaded and checked first.
+
+    Args:
+        half: store the :data:`HALF_PRECISION_PARTS` in float16 (about half the file). The loader widens
+            them back to float32, so encoder and decoder still run identical weights; the fingerprint
+            is that of the widened weights.
+    """
     from ..shared.codec.learned import load_model
 
     load_model(checkpoint)
     blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
     blob.pop("train", None)
+    if half:
+        blob["state_dict"] = {key: value.half() if value.is_floating_point()
+                              and any(part in key for part in HALF_PRECISION_PARTS) else value
+                              for key, value in blob["state_dict"].items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, out)
     return {"out": str(out), "bytes": out.stat().st_size, "fingerprint": LearnedCodec(out).fingerprint}
@@ -728,7 +744,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
 
 def _run_export(args: argparse.Namespace) -> int:
     try:
-        summary = export_checkpoint(args.ckpt, args.out)
+        summary = export_checkpoint(args.ckpt, args.out, args.half)
     except (ValueError, FpnlinkError, OSError) as exc:
         return _fail("export", exc)
     print(json.dumps(summary, indent=2))

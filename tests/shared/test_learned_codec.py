@@ -23,7 +23,7 @@ from fpnlink.shared.codec import LearnedCodec, ScaleRecord, available_codecs, ma
 from fpnlink.shared.codec.gain import GainUnits
 from fpnlink.shared.codec.hyperprior import FeatureHyperprior, HyperpriorConfig
 from fpnlink.shared.codec.intnet import EXACT_LIMIT
-from fpnlink.shared.codec.learned import DEFAULT_CHECKPOINT
+from fpnlink.shared.codec.learned import DEFAULT_CHECKPOINT, TINY_CHECKPOINT
 from fpnlink.shared.errors import CodecError, WeightsError
 
 EXPECTED = Path(__file__).resolve().parents[1] / "assets" / "learned_tiny_records.json"
@@ -31,7 +31,7 @@ EXPECTED = Path(__file__).resolve().parents[1] / "assets" / "learned_tiny_record
 
 @pytest.fixture(scope="module")
 def codec() -> LearnedCodec:
-    return LearnedCodec()
+    return LearnedCodec(TINY_CHECKPOINT)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +53,11 @@ class TestRegistry:
         assert "learned" in available_codecs()
         codec = make_codec("learned")
         assert isinstance(codec, LearnedCodec) and codec.checkpoint == DEFAULT_CHECKPOINT
-        assert not codec.lossless and codec.phi_range == (0.0, 3.0)
+        assert not codec.lossless and codec.phi_range == LearnedCodec(DEFAULT_CHECKPOINT).model.phi_range
 
     def test_fingerprint_is_stable_and_tracks_weights(self, codec, tmp_path):
-        assert LearnedCodec().fingerprint == codec.fingerprint
-        blob = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+        assert LearnedCodec(TINY_CHECKPOINT).fingerprint == codec.fingerprint
+        blob = torch.load(TINY_CHECKPOINT, weights_only=True)
         blob["state_dict"]["branches.0.g_s.0.bias"] = blob["state_dict"]["branches.0.g_s.0.bias"] + 1e-3
         torch.save(blob, tmp_path / "other.pt")
         assert LearnedCodec(tmp_path / "other.pt").fingerprint != codec.fingerprint
@@ -134,7 +134,7 @@ class TestDeterminism:
     def test_cross_process_cross_thread(self, features):
         from fpnlink.tools.codec_tools import cross_process_check
 
-        result = cross_process_check(DEFAULT_CHECKPOINT, features, 2.0, threads=(1, 2))
+        result = cross_process_check(TINY_CHECKPOINT, features, 2.0, threads=(1, 2))
         assert result["symbols_identical"], result  # bit-identical latents and CDF indexes
         assert result["deterministic"], result  # reconstructions equal up to float32 rounding
 
@@ -193,7 +193,7 @@ class TestRefusals:
                 codec.decode([dataclasses.replace(record, **change)])
 
     def test_other_fingerprint(self, codec, record, tmp_path):
-        blob = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+        blob = torch.load(TINY_CHECKPOINT, weights_only=True)
         blob["state_dict"]["branches.0.g_s.0.bias"] = blob["state_dict"]["branches.0.g_s.0.bias"] + 1e-3
         torch.save(blob, tmp_path / "other.pt")
         with pytest.raises(CodecError, match="fingerprint"):

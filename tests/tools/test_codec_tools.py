@@ -109,6 +109,21 @@ class TestExportEval:
         assert "train" not in torch.load(out, weights_only=True)
         assert LearnedCodec(out).fingerprint == LearnedCodec(checkpoint).fingerprint
 
+    def test_half_export_is_smaller_and_decodes_like_itself(self, checkpoint, tmp_path):
+        full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+        assert _cli("export", "--ckpt", str(checkpoint), "--out", str(full)) == 0
+        assert _cli("export", "--ckpt", str(checkpoint), "--out", str(half), "--half") == 0
+        assert half.stat().st_size < 0.8 * full.stat().st_size
+        stored = torch.load(half, weights_only=True)["state_dict"]
+        assert stored["branches.0.g_a.0.weight"].dtype == torch.float16
+        assert all(v.dtype != torch.float16 for k, v in stored.items() if ".g_a." not in k and ".g_s." not in k)
+        codec = LearnedCodec(half)
+        assert codec.fingerprint == LearnedCodec(half).fingerprint != LearnedCodec(full).fingerprint
+        features = {"2": torch.randn(1, 256, 8, 12, generator=torch.Generator().manual_seed(3))}
+        records = codec.encode(features, {"2": 1.0})
+        decoded = LearnedCodec(half).decode(records)["2"]
+        assert decoded.shape == features["2"].shape and torch.isfinite(decoded).all()
+
     def test_eval_writes_table_and_plot(self, checkpoint, shards, tmp_path):
         out = tmp_path / "eval"
         assert _cli("eval", "--shards", str(shards), "--ckpt", str(checkpoint), "--out", str(out),
