@@ -282,6 +282,9 @@ class TrainSettings:
         seed: sampling seed.
         latent, hyper, hidden: architecture sizes (see ``HyperpriorConfig``).
         shared: one set of transforms for every scale instead of one per scale.
+        monotone: weight of the rate-ordering penalty: each item is also run at a phi lower by
+            U[0.25, 1] and ``monotone * relu(R(lower phi) - R(phi))`` is added, so that the estimated
+            rate falls with phi item by item, not only on average; 0 skips the second pass.
     """
 
     steps: int = 4000
@@ -297,6 +300,7 @@ class TrainSettings:
     hyper: int = 64
     hidden: int = 64
     shared: bool = False
+    monotone: float = 0.0
 
 
 def _lambda_for(phi: Tensor, lambdas: tuple[float, ...]) -> Tensor:
@@ -323,7 +327,7 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
         state = blob["train"]
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in state["settings"].items()}
         settings = TrainSettings(**{**stored, "steps": settings.steps, "save_every": settings.save_every,
-                                    "max_minutes": settings.max_minutes})
+                                    "max_minutes": settings.max_minutes, "monotone": settings.monotone})
         start = int(state["step"])
         generator.set_state(state["generator"])
     else:
@@ -365,6 +369,10 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
         distortion = (result["x_hat_norm"] - result["x_norm"]).pow(2).mean(dim=(1, 2, 3))
         weight = _lambda_for(phi, settings.lambdas)
         loss = ((rate + weight * distortion) / weight.sqrt()).mean()
+        if settings.monotone > 0:
+            lower = (phi - 0.25 - 0.75 * torch.rand(settings.batch, generator=generator).to(target)).clamp_min(0)
+            lower_rate = model(x, scale, lower)["bits"] / positions
+            loss = loss + settings.monotone * torch.relu(lower_rate - rate).mean()
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             continue
@@ -643,6 +651,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name in ("steps", "batch", "crop", "save_every", "seed", "latent", "hyper", "hidden"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--monotone", type=float, default=defaults.monotone,
+                   help="weight of the penalty on rate rising as phi falls (a second pass per step; 0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this many minutes")
     p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in defaults.lambdas),
                    help="distortion weight per gain level, comma-separated (count sets N)")

@@ -84,6 +84,16 @@ class TestTrain:
         assert blob["train"]["step"] == 4 and blob["config"]["latent"] == 8
         assert LearnedCodec(resumed).fingerprint != before
 
+    def test_monotone_penalty_is_stored_and_set_again_on_resume(self, checkpoint, shards, tmp_path, capsys):
+        resumed = tmp_path / "monotone.pt"
+        resumed.write_bytes(checkpoint.read_bytes())
+        assert _cli("train", "--shards", str(shards), "--out", str(resumed), "--steps", "3", "--resume",
+                    "--monotone", "1.5", "--device", "cpu", "--no-progress") == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        blob = torch.load(resumed, weights_only=True)
+        assert blob["train"]["step"] == 3 and blob["train"]["settings"]["monotone"] == 1.5
+        assert math.isfinite(summary["loss"]) and blob["meta"]["min_size"] == blob["meta"]["max_size"]
+
     def test_shared_transforms_flag(self, shards, tmp_path):
         out = tmp_path / "shared.pt"
         assert _cli("train", "--shards", str(shards), "--out", str(out), "--steps", "1", "--batch", "2",
