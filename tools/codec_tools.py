@@ -734,10 +734,9 @@ def export_checkpoint(checkpoint: Path, out: Path, half: bool = False) -> dict[s
     """Copy ``checkpoint`` without the optimiser state; the model part is loaded and checked first.
 
     Args:
-        half: store the :data:`HALF_PRECISION_PARTS` in float16 (17.3 MB -> 10.9 MB for the shipped model;
-            the CDF tables stay). The loader widens
-            them back to float32, so encoder and decoder still run identical weights; the fingerprint
-            is that of the widened weights.
+        half: store the :data:`HALF_PRECISION_PARTS` in float16 (17.3 MB -> 10.9 MB for the shipped
+            model; the CDF tables stay). The loader widens them back to float32, so encoder and decoder
+            still run identical weights; the fingerprint is that of the widened weights.
     """
     from ..shared.codec.learned import load_model
 
