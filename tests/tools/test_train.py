@@ -63,7 +63,14 @@ class TestTrain:
         with pytest.raises(FileNotFoundError, match="no training state"):
             train(data, tmp_path / "none.pt", TrainConfig(size=SIZE, iters=1), resume=True, progress=False)
 
-    @pytest.mark.parametrize("kwargs", [{"size": 32}, {"iters": 0}, {"lr": 0.0}, {"batch": 0}])
+    def test_bf16_autocast_step(self, data: Path, tmp_path: Path) -> None:
+        config = TrainConfig(size=SIZE, iters=1, batch=2, warmup=1, box_batch=32, precision="bf16")
+        summary = train(data, tmp_path / "bf16.pt", config, device="cpu", checkpoint_every_min=60, progress=False)
+        assert all(math.isfinite(v) for v in summary["last_losses"].values())
+        state = torch.load(state_path(tmp_path / "bf16.pt"), map_location="cpu", weights_only=True)
+        assert all(v.dtype != torch.bfloat16 for v in state["model"].values())
+
+    @pytest.mark.parametrize("kwargs", [{"size": 32}, {"iters": 0}, {"lr": 0.0}, {"batch": 0}, {"precision": "fp8"}])
     def test_bad_config(self, kwargs: dict) -> None:
         with pytest.raises(ValueError):
             TrainConfig(**kwargs)
