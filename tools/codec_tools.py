@@ -645,12 +645,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_extract)
 
     p = sub.add_parser("train", help="train the variable-rate model")
-    p.add_argument("--shards", type=Path, required=True)
+    p.add_argument("--shards", type=Path, required=True, help="training shards (`fpnlink codec extract --crop`)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (and resume from)")
     defaults = TrainSettings()
-    for name in ("steps", "batch", "crop", "save_every", "seed", "latent", "hyper", "hidden"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    p.add_argument("--lr", type=float, default=defaults.lr)
+    int_options = {
+        "steps": "total optimiser steps; a resumed run continues up to this count",
+        "batch": "crops per step", "crop": "crop side in feature-map positions",
+        "save_every": "steps between checkpoints", "seed": "sampling seed",
+        "latent": "latent channels M", "hyper": "hyper-latent channels", "hidden": "hidden channels of the transforms",
+    }
+    for name, text in int_options.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name),
+                       help=f"{text} (default {getattr(defaults, name)})")
+    p.add_argument("--lr", type=float, default=defaults.lr,
+                   help=f"Adam learning rate, divided by 10 for the last 10%% (default {defaults.lr:g})")
     p.add_argument("--monotone", type=float, default=defaults.monotone,
                    help="weight of the penalty on rate rising as phi falls (a second pass per step; 0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this many minutes")
@@ -661,8 +669,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--shared", action="store_true", help="one set of transforms for all scales")
-    p.add_argument("--resume", action="store_true", help="continue from --out when it exists")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out when it exists (also fine-tunes on other shards, e.g. a retrained backbone)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
     p = sub.add_parser("export", help="write a checkpoint without its training state (what LearnedCodec loads)")
