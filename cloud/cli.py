@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--codecs", default=None, help="comma-separated codec names (default: all registered)")
     serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
                        help="report ready without running each model once first")
-    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="logging level (default info)")
     return parser
 
 

@@ -171,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--weights", default="auto",
                         help="auto (synthetic if present, else random:0), synthetic, coco, random:SEED or a checkpoint")
-    parser.add_argument("--codec", default="quant", choices=available_codecs())
+    parser.add_argument("--codec", default="quant", choices=available_codecs(), help="feature codec (default quant)")
     parser.add_argument("--phi", type=float, default=None, help="rate parameter for every scale (codec default)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: detect,segment,keypoints")
     parser.add_argument("--images", type=int, default=4, help="number of generated scenes")
@@ -179,6 +179,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="scene side and network-input size in pixels (the synthetic weights are trained at 256)")
     parser.add_argument("--detections", type=int, default=20, help="detections kept per image and task")
     parser.add_argument("--min-score", type=float, default=0.3, help="score threshold for drawing")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="scene generator seed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.set_defaults(func=run_demo)

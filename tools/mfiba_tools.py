@@ -212,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="image folder, COCO json, or synth:N[:SEED[:SIZE]]")
     p.add_argument("--weights", default="random:0", help="random:SEED, coco, synthetic or a checkpoint path")
-    p.add_argument("--codec", default="quant", choices=available_codecs())
+    p.add_argument("--codec", default="quant", choices=available_codecs(), help="codec the profile is fitted for")
     p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
     p.add_argument("--images", type=int, help="use at most this many images")
     p.add_argument("--levels", type=_levels, default=4, help=f"MFIP quality levels m (1..{MAX_LEVELS})")
@@ -222,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=_tasks, default=["detect"], help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--max-batch", type=int, help="most MFIP variants per heads call (memory cap)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_calibrate)
 
     p = sub.add_parser("report", help="print a profile's fits and plot them (Figs. 6 and 7)")

@@ -394,10 +394,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = data_sub.add_parser("synth", help="generate the synthetic COCO-format world")
     p.add_argument("--n", type=int, required=True, help="total images over train/val/test")
     p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same bytes)")
     p.add_argument("--out", type=Path, required=True, help="output folder (keep it outside the repository)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images in val")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of images in test")
     p.set_defaults(func=_run)
 
 

@@ -143,7 +143,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
                                          description=__doc__)
     parser.add_argument("--quick", action="store_true", help="512x512 instead of 800x1216")
     parser.add_argument("--json", type=Path, required=True, help="where to write the report")
-    parser.add_argument("--weights", default="random:0")
+    parser.add_argument("--weights", default="random:0", help="random:SEED, synthetic, coco or a checkpoint path")
     parser.add_argument("--repeats", type=int, default=3, help="frames per codec; medians are reported")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.set_defaults(func=_run)
