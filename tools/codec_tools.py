@@ -312,8 +312,14 @@ def _lambda_for(phi: Tensor, lambdas: tuple[float, ...]) -> Tensor:
 
 
 def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, device: str = "auto",
-                resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or continue training) a variable-rate model; returns the last logged values."""
+                resume: bool = False, progress: bool = True, retarget: tuple[float, ...] | None = None,
+                ) -> dict[str, Any]:
+    """Train (or continue training) a variable-rate model; returns the last logged values.
+
+    A resumed run keeps the stored settings but for ``steps``, ``save_every``, ``max_minutes`` and
+    ``monotone``. ``retarget`` gives the gain levels new distortion weights on resume (as many as stored),
+    e.g. to widen the rate range while fine-tuning on the features of a retrained backbone.
+    """
     from tqdm import tqdm
 
     from ..shared.codec.hyperprior import FeatureHyperprior, HyperpriorConfig
@@ -326,8 +332,14 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
         model = FeatureHyperprior.from_checkpoint(blob)
         state = blob["train"]
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in state["settings"].items()}
+        lambdas = stored["lambdas"]
+        if retarget is not None:
+            if len(retarget) != len(lambdas):
+                raise ValueError(f"--lambdas: the checkpoint has {len(lambdas)} gain levels, got {len(retarget)} values")
+            lambdas = tuple(retarget)
         settings = TrainSettings(**{**stored, "steps": settings.steps, "save_every": settings.save_every,
-                                    "max_minutes": settings.max_minutes, "monotone": settings.monotone})
+                                    "max_minutes": settings.max_minutes, "monotone": settings.monotone,
+                                    "lambdas": lambdas})
         start = int(state["step"])
         generator.set_state(state["generator"])
     else:
@@ -662,8 +674,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--monotone", type=float, default=defaults.monotone,
                    help="weight of the penalty on rate rising as phi falls (a second pass per step; 0: off)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this many minutes")
-    p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in defaults.lambdas),
-                   help="distortion weight per gain level, comma-separated (count sets N)")
+    p.add_argument("--lambdas", help="distortion weight per gain level, comma-separated (count sets N; default "
+                   f"{','.join(f'{v:g}' for v in defaults.lambdas)}); with --resume, new weights for the stored levels")
     p.add_argument("--scales", default=",".join(defaults.scales), help="scales to train on, e.g. 0 for P2 only")
     p.add_argument("--limit", type=int, help="use only the first LIMIT items")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -720,14 +732,15 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        lambdas = None if args.lambdas is None else tuple(_floats(args.lambdas))
+        if lambdas is not None and (len(lambdas) < 2 or min(lambdas) <= 0):
+            raise ValueError(f"--lambdas needs at least two positive values, got {args.lambdas!r}")
         settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)
                                     if f.name not in ("lambdas", "scales")},
-                                 lambdas=tuple(_floats(args.lambdas)), scales=_scales(args.scales))
-        if len(settings.lambdas) < 2 or min(settings.lambdas) <= 0:
-            raise ValueError(f"--lambdas needs at least two positive values, got {args.lambdas!r}")
+                                 lambdas=lambdas or DEFAULT_LAMBDAS, scales=_scales(args.scales))
         started = time.perf_counter()
         logged = train_codec(FeatureShards(args.shards, args.limit), args.out, settings, args.device, args.resume,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, retarget=lambdas if args.resume else None)
     except (ValueError, FpnlinkError, OSError) as exc:
         return _fail("train", exc)
     print(json.dumps({**logged, "checkpoint": str(args.out), "seconds": round(time.perf_counter() - started, 1)}))

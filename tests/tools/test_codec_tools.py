@@ -94,6 +94,18 @@ class TestTrain:
         assert blob["train"]["step"] == 3 and blob["train"]["settings"]["monotone"] == 1.5
         assert math.isfinite(summary["loss"]) and blob["meta"]["min_size"] == blob["meta"]["max_size"]
 
+    def test_resume_retargets_lambdas_keeping_level_count(self, checkpoint, shards, tmp_path, capsys):
+        stored = torch.load(checkpoint, weights_only=True)["train"]["settings"]["lambdas"]
+        resumed = tmp_path / "retarget.pt"
+        resumed.write_bytes(checkpoint.read_bytes())
+        wider = [v / 4 for v in stored[:-1]] + [stored[-1]]
+        assert _cli("train", "--shards", str(shards), "--out", str(resumed), "--steps", "3", "--resume",
+                    "--lambdas", ",".join(map(str, wider)), "--device", "cpu", "--no-progress") == 0
+        assert torch.load(resumed, weights_only=True)["train"]["settings"]["lambdas"] == wider
+        assert _cli("train", "--shards", str(shards), "--out", str(resumed), "--steps", "4", "--resume",
+                    "--lambdas", "1,2", "--device", "cpu", "--no-progress") == 2
+        assert f"has {len(stored)} gain levels" in capsys.readouterr().err
+
     def test_shared_transforms_flag(self, shards, tmp_path):
         out = tmp_path / "shared.pt"
         assert _cli("train", "--shards", str(shards), "--out", str(out), "--steps", "1", "--batch", "2",
