@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fpnlink.shared.model import ModelConfig, load_bundle
-from fpnlink.tools.bench import rd
+from fpnlink.tools.bench import rd, rd_report
 from fpnlink.tools.cli import build_parser
 from fpnlink.tools.evaluation import METRICS
 from fpnlink.tools.synth import generate_dataset
@@ -68,7 +68,7 @@ class TestMiniatureRun:
 
     def test_every_configuration_has_points_or_a_reason(self, report: tuple[dict[str, Any], Path, Path]) -> None:
         data, _, _ = report
-        assert set(data["configs"]) == set(rd.CONFIGS)
+        assert set(data["configs"]) == set(rd_report.CONFIGS)
         learned = data["configs"]["learned_uniform"]
         assert learned["points"] == [] and "--learned-ckpt none" in learned["skipped"]
         for name, entry in data["configs"].items():
@@ -175,11 +175,11 @@ class TestBdRateReport:
     def test_headlines_follow_the_codec_mfiba_ran_on(self) -> None:
         curve = [(0.1, 0.1), (0.2, 0.2), (0.4, 0.3)]
         cheaper = [(b * 0.8, a) for b, a in curve]
-        configs = {name: _entry(curve) for name in rd.CONFIGS}
+        configs = {name: _entry(curve) for name in rd_report.CONFIGS}
         configs["learned_uniform"] = _entry(None, reason="no checkpoint")
         configs["mfiba_full"] = _entry(cheaper, codec="quant")
         configs["mfiba_fast"] = _entry(curve, codec="quant")
-        bd = rd.bd_rate_report(configs)
+        bd = rd_report.bd_rate_report(configs)
         assert bd["mfiba_vs_uniform_configs"] == ["mfiba_full", "quant_uniform"]
         assert bd["mfiba_vs_uniform"] == {m: pytest.approx(-20.0) for m in METRICS}
         assert bd["mfiba_fast_vs_uniform"] == {m: pytest.approx(0.0) for m in METRICS}
@@ -189,8 +189,8 @@ class TestBdRateReport:
         assert bd["table"]["vs_jpeg"]["mfiba_full"]["mask"] == pytest.approx(-20.0)
 
     def test_flat_curves_are_null_with_reason(self) -> None:
-        configs = {name: _entry([(0.1, 0.0), (0.2, 0.0)], codec="learned") for name in rd.CONFIGS}
-        bd = rd.bd_rate_report(configs)
+        configs = {name: _entry([(0.1, 0.0), (0.2, 0.0)], codec="learned") for name in rd_report.CONFIGS}
+        bd = rd_report.bd_rate_report(configs)
         assert bd["mfiba_vs_uniform_configs"] == ["mfiba_full", "learned_uniform"]
         assert bd["mfiba_vs_uniform"]["box"] is None
         assert "rising quality" in bd["reasons"]["mfiba_vs_uniform"]["box"]
