@@ -1,0 +1,38 @@
+"""The weights committed to the repository: the ``synthetic`` backbone parts and the learned codec trained on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpnlink.shared.codec.learned import SYNTHETIC_CHECKPOINT
+from fpnlink.shared.model import ModelBundle, ModelConfig, load_bundle
+from fpnlink.shared.model.assets import SYNTHETIC_DIR, read_asset
+
+TASKS = ["detect", "segment", "keypoints"]
+
+
+@pytest.fixture(scope="module")
+def codec_meta() -> dict:
+    return torch.load(SYNTHETIC_CHECKPOINT, map_location="cpu", weights_only=True)["meta"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(codec_meta: dict) -> ModelBundle:
+    size = codec_meta["min_size"]
+    return load_bundle("synthetic", ModelConfig(min_size=size, max_size=codec_meta["max_size"]))
+
+
+def test_synthetic_parts_match_their_manifest() -> None:
+    manifest, payload = read_asset(SYNTHETIC_DIR)  # raises WeightsError naming a part whose SHA-256 differs
+    assert len(payload) == sum(part["bytes"] for part in manifest["parts"])
+
+
+def test_synthetic_loads_as_three_models_on_one_backbone(synthetic: ModelBundle) -> None:
+    assert synthetic.trained and set(synthetic.models) == {"faster", "mask", "keypoint"}
+    assert len(set(synthetic.backbone_fingerprints.values())) == 1
+
+
+def test_shipped_learned_codec_was_trained_on_the_shipped_backbone(synthetic: ModelBundle, codec_meta: dict) -> None:
+    assert codec_meta["weights"] == "synthetic"
+    assert codec_meta["backbone_fingerprint"] == synthetic.backbone_fingerprint_for(TASKS)
