@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -313,11 +314,37 @@ def _batch_order(n: int, step: int, batch: int, seed: int) -> list[int]:
     return perm[pos * batch:(pos + 1) * batch].tolist()
 
 
+class StepBatches(torch.utils.data.Sampler[list[int]]):
+    """The batches of steps ``start .. stop - 1`` (see :func:`_batch_order`), for a ``DataLoader``."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (_batch_order(self.n, step, self.batch, self.seed) for step in range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _as_list(items: list[Any]) -> list[Any]:
+    """``collate_fn`` keeping (image, target) pairs as a list: detection images differ in size."""
+    return items
+
+
+def default_workers(device: torch.device) -> int:
+    """Data-loading processes: none on CPU (they would take cores from the model), up to 8 beside a GPU."""
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
 def train(
     data: Path, out: Path, config: TrainConfig, device: str = "auto", resume: bool = False,
-    checkpoint_every_min: float = 10.0, log_every: int = 20, progress: bool = True,
+    checkpoint_every_min: float = 10.0, log_every: int = 20, progress: bool = True, workers: int | None = None,
 ) -> dict[str, Any]:
     """Train, writing ``out`` (bundle) and ``state_path(out)`` (full state) every ``checkpoint_every_min``.
+
+    ``workers`` data-loading processes decode the next batches while the model trains
+    (default :func:`default_workers`); the batch order is the same with any count.
 
     Returns:
         ``{"iterations": int, "seconds_per_iter": float, "last_losses": {name: float}}``.
@@ -337,12 +364,15 @@ def train(
     meta = {"train": {**asdict(config), "data": str(data)}}
     model.train()
     started, last_save, window = time.time(), time.time(), time.time()
-    start_step, window_step, losses, bad_steps = step, step, {}, 0
+    start_step, window_step, saved_step, losses, bad_steps = step, step, step, {}, 0
     bar = tqdm(total=config.iters, initial=step, desc="train", disable=not progress, mininterval=10)
-    while step < config.iters:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepBatches(len(dataset), config.batch, config.seed, step, config.iters),
+        num_workers=default_workers(dev) if workers is None else workers, collate_fn=_as_list,
+        pin_memory=dev.type == "cuda")
+    for items in loader:
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        items = [dataset[i] for i in _batch_order(len(dataset), step, config.batch, config.seed)]
         images = [img.to(dev) for img, _ in items]
         targets = [{k: v.to(dev) for k, v in t.items()} for _, t in items]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
@@ -371,8 +401,10 @@ def train(
             sys.stdout.flush()
         if time.time() - last_save >= checkpoint_every_min * 60 or step == config.iters:
             _save(model, optimizer, step, config, out, dataset.categories, meta)
-            last_save = time.time()
+            last_save, saved_step = time.time(), step
             tqdm.write(f"checkpoint {out} at iteration {step}", file=sys.stdout)
+    if saved_step != step:  # the last steps were skipped as non-finite
+        _save(model, optimizer, step, config, out, dataset.categories, meta)
     bar.close()
     spent = (time.time() - started) / max(1, step - start_step)
     return {"iterations": step, "seconds_per_iter": spent, "last_losses": losses}
@@ -421,6 +453,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bf16: bfloat16 autocast for the forward pass (faster on CPUs with AVX512-BF16 and on GPUs)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--workers", type=int, help="data-loading processes (default: 0 on CPU, up to 8 with CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
     p.add_argument("--checkpoint-every-min", type=float, default=10.0, help="minutes between checkpoints")
     p.add_argument("--eval-images", type=int, default=100, help="val images in the final evaluation")
@@ -454,7 +487,7 @@ def _run(args: argparse.Namespace) -> int:
             config = TrainConfig(size=args.size, iters=iters, batch=args.batch, lr=args.lr,
                                  warmup=args.warmup, seed=args.seed, precision=args.precision)
             print(json.dumps(train(args.data, args.out, config, args.device, args.resume,
-                                   args.checkpoint_every_min)), flush=True)
+                                   args.checkpoint_every_min, workers=args.workers)), flush=True)
             weights = args.out
         device = str(resolve_device(args.device))
         metrics = evaluate(weights, args.data, "val", args.size, args.eval_images, device)

@@ -13,7 +13,7 @@ from fpnlink.shared.errors import WeightsError
 from fpnlink.shared.model.assets import assemble, read_asset, synthetic_checkpoint, write_asset
 from fpnlink.shared.model.zoo import ModelConfig, load_bundle
 from fpnlink.tools.synth import CATEGORIES, generate_dataset
-from fpnlink.tools.train import TrainConfig, bundle_states, evaluate, state_path, train
+from fpnlink.tools.train import StepBatches, TrainConfig, _batch_order, bundle_states, evaluate, state_path, train
 
 SIZE = 128
 TASKS = ["detect", "segment", "keypoints"]
@@ -62,6 +62,18 @@ class TestTrain:
     def test_resume_without_state_fails(self, data: Path, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match="no training state"):
             train(data, tmp_path / "none.pt", TrainConfig(size=SIZE, iters=1), resume=True, progress=False)
+
+    def test_step_batches_resume_the_same_order(self) -> None:
+        whole = list(StepBatches(n=7, batch=2, seed=3, start=0, stop=9))
+        assert list(StepBatches(n=7, batch=2, seed=3, start=4, stop=9)) == whole[4:]
+        assert whole[3] == _batch_order(7, 3, 2, 3) and len(StepBatches(7, 2, 3, 4, 9)) == 5
+        assert whole[:3] != whole[3:6]  # a new permutation each epoch of 3 steps
+
+    def test_loader_worker_process(self, data: Path, tmp_path: Path) -> None:
+        config = TrainConfig(size=SIZE, iters=1, batch=2, warmup=1, box_batch=32)
+        summary = train(data, tmp_path / "w.pt", config, device="cpu", checkpoint_every_min=60, progress=False,
+                        workers=1)
+        assert summary["iterations"] == 1 and all(math.isfinite(v) for v in summary["last_losses"].values())
 
     def test_bf16_autocast_step(self, data: Path, tmp_path: Path) -> None:
         config = TrainConfig(size=SIZE, iters=1, batch=2, warmup=1, box_batch=32, precision="bf16")
