@@ -43,17 +43,23 @@ not for quality. Rebuilt with::
     fpnlink codec export --ckpt tiny.pt --out shared/codec/assets/learned-tiny.pt
 """
 SYNTHETIC_CHECKPOINT = Path(__file__).with_name("assets") / "learned-synthetic.pt"
-"""The production configuration (per-scale, M=96, Nz=48, 5 gain levels, phi 0..4) trained on features of
-the ``synthetic`` backbone at 256 px on 2 CPU cores: 32,000 steps (42 min), then 3,624 steps (15 min) with
-the rate-ordering penalty, which made every scale's rate monotonic in phi (without it P3 spent more bytes
-below phi 1.5). Transforms stored in float16. Rebuilt with::
+"""The production configuration (per-scale, M=96, Nz=48, 5 gain levels, phi 0..4) for the ``synthetic``
+backbone at 256 px, trained on 2 CPU cores in two stages. First on the features of the earlier (1,800-iteration)
+``synthetic`` backbone: 32,000 steps (42 min) at lambda 16..4096, then 3,624 steps (15 min) with the
+rate-ordering penalty. Then fine-tuned on the features of the shipped (6,600-iteration) backbone with the gain
+levels retargeted to lambda 2..4096, which lowers phi 0's rate so that allocation can go below the old
+minimum: 8,781 steps (15 min), then 1,861 steps (6 min) with the penalty. Transforms stored in float16.
+Rebuilt with::
 
     fpnlink data synth --n 4000 --size 256 --seed 0 --out DATA
     fpnlink codec extract --data DATA/annotations/train.json --weights synthetic --min-size 256 --max-size 256 \
-        --limit 1500 --crop 40 --out TRAIN
-    fpnlink codec train --shards TRAIN --out prod.pt --steps 32000 --batch 16 --crop 40 --latent 96 --hyper 48 \
-        --hidden 48 --lambdas 16,64,256,1024,4096 --threads 2
-    fpnlink codec train --shards TRAIN --out prod.pt --resume --steps 40000 --monotone 1 --max-minutes 15
+        --limit 1500 --crop 40 --out TRAIN            # once per backbone: OLD_TRAIN, then TRAIN
+    fpnlink codec train --shards OLD_TRAIN --out prod.pt --steps 32000 --batch 16 --crop 40 --latent 96 \
+        --hyper 48 --hidden 48 --lambdas 16,64,256,1024,4096 --threads 2
+    fpnlink codec train --shards OLD_TRAIN --out prod.pt --resume --steps 40000 --monotone 1 --max-minutes 15
+    fpnlink codec train --shards TRAIN --out prod.pt --resume --steps 60000 --lambdas 2,14,90,600,4096 \
+        --max-minutes 15
+    fpnlink codec train --shards TRAIN --out prod.pt --resume --steps 80000 --monotone 1 --max-minutes 6
     fpnlink codec export --ckpt prod.pt --out shared/codec/assets/learned-synthetic.pt --half
 """
 DEFAULT_CHECKPOINT = SYNTHETIC_CHECKPOINT
