@@ -29,9 +29,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -349,6 +349,8 @@ def train(
     Returns:
         ``{"iterations": int, "seconds_per_iter": float, "last_losses": {name: float}}``.
     """
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
     dev = resolve_device(device)
     dataset = CocoSplit(data, "train")
     if len(dataset) < config.batch:
@@ -458,7 +460,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every-min", type=float, default=10.0, help="minutes between checkpoints")
     p.add_argument("--eval-images", type=int, default=100, help="val images in the final evaluation")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --weights on --data")
-    p.add_argument("--weights", type=Path, help="bundle to evaluate with --eval-only")
+    p.add_argument("--weights", type=Path, help="bundle path (or `synthetic`) to evaluate with --eval-only")
     p.add_argument("--export-asset", type=Path, metavar="CKPT", help="write CKPT as committed int8 asset parts")
     p.add_argument("--asset-dir", type=Path, default=Path("shared/model/assets/synthetic"),
                    help="where --export-asset writes the parts and manifest")

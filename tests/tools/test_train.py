@@ -75,6 +75,11 @@ class TestTrain:
                         workers=1)
         assert summary["iterations"] == 1 and all(math.isfinite(v) for v in summary["last_losses"].values())
 
+    def test_negative_workers_refused_before_work(self, data: Path, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="--workers must be >= 0"):
+            train(data, tmp_path / "none.pt", TrainConfig(size=SIZE, iters=1), workers=-1, progress=False)
+        assert not (tmp_path / "none.pt").exists()
+
     def test_bf16_autocast_step(self, data: Path, tmp_path: Path) -> None:
         config = TrainConfig(size=SIZE, iters=1, batch=2, warmup=1, box_batch=32, precision="bf16")
         summary = train(data, tmp_path / "bf16.pt", config, device="cpu", checkpoint_every_min=60, progress=False)
