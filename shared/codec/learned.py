@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .hyperprior import FeatureHyperprior
 
 TINY_CHECKPOINT = Path(__file__).with_name("assets") / "learned-tiny.pt"
-"""A tiny per-scale model (M=16, 4 gain levels) trained on ``random:0`` features at 128 px: for tests and wiring,
+r"""A tiny per-scale model (M=16, 4 gain levels) trained on ``random:0`` features at 128 px: for tests and wiring,
 not for quality. Rebuilt with::
 
     fpnlink codec extract --data synth:24:0:128 --weights random:0 --min-size 128 --max-size 128 --out T
@@ -43,7 +43,7 @@ not for quality. Rebuilt with::
     fpnlink codec export --ckpt tiny.pt --out shared/codec/assets/learned-tiny.pt
 """
 SYNTHETIC_CHECKPOINT = Path(__file__).with_name("assets") / "learned-synthetic.pt"
-"""The production configuration (per-scale, M=96, Nz=48, 5 gain levels, phi 0..4) for the ``synthetic``
+r"""The production configuration (per-scale, M=96, Nz=48, 5 gain levels, phi 0..4) for the ``synthetic``
 backbone at 256 px, trained on 2 CPU cores in two stages. First on the features of the earlier (1,800-iteration)
 ``synthetic`` backbone: 32,000 steps (42 min) at lambda 16..4096, then 3,624 steps (15 min) with the
 rate-ordering penalty. Then fine-tuned on the features of the shipped (6,600-iteration) backbone with the gain
