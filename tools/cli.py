@@ -11,7 +11,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "fpnlink.tools.bench",
     "fpnlink.tools.synth",
     "fpnlink.tools.train",
-    "fpnlink.tools.codec_tools",
+    "fpnlink.tools.codec.cli",
     "fpnlink.tools.mfiba_tools",
 )
 

@@ -32,7 +32,7 @@ from ..shared.mfiba import Profile, calibrate, load_profile
 from ..shared.mfiba.importance import MAX_LEVELS
 from ..shared.model import TASK_ARCH, TASKS, ModelConfig, load_bundle
 from ..shared.model.split import SCALE_NAMES
-from .codec_tools import iter_images
+from .codec.images import iter_images
 
 
 def _tasks(text: str) -> list[str]:

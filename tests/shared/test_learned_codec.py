@@ -132,7 +132,7 @@ class TestRoundTrip:
 
 class TestDeterminism:
     def test_cross_process_cross_thread(self, features):
-        from fpnlink.tools.codec_tools import cross_process_check
+        from fpnlink.tools.codec.crosscheck import cross_process_check
 
         result = cross_process_check(TINY_CHECKPOINT, features, 2.0, threads=(1, 2))
         assert result["symbols_identical"], result  # bit-identical latents and CDF indexes

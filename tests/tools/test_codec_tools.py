@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from fpnlink.shared.codec import LearnedCodec
-from fpnlink.tools import codec_tools
+from fpnlink.tools.codec import cli as codec_cli
+from fpnlink.tools.codec.shards import FeatureShards
+from fpnlink.tools.codec.train import _lambda_for
 from fpnlink.tools.bd_rate import bd_psnr, bd_rate
 
 TINY_ARCH = ["--latent", "8", "--hyper", "4", "--hidden", "8", "--lambdas", "32,512,4096"]
@@ -21,7 +23,7 @@ TINY_ARCH = ["--latent", "8", "--hyper", "4", "--hidden", "8", "--lambdas", "32,
 
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="fpnlink")
-    codec_tools.register(parser.add_subparsers(dest="command", required=True))
+    codec_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["codec", *argv])
     return args.func(args)
 
@@ -47,7 +49,7 @@ class TestExtract:
         manifest = json.loads((shards / "manifest.json").read_text())
         assert manifest["count"] == 3 and manifest["weights"] == "random:0"
         assert len(manifest["backbone_fingerprint"]) == 16
-        data = codec_tools.FeatureShards(shards)
+        data = FeatureShards(shards)
         assert [tuple(t.shape) for t in (data.features[n][0] for n in "0123")] == [
             (256, 16, 16), (256, 8, 8), (256, 4, 4), (256, 2, 2)]
         assert data.features["0"][0].dtype == torch.float16
@@ -61,7 +63,7 @@ class TestExtract:
         out = tmp_path / "shards"
         assert _cli("extract", "--data", str(tmp_path), "--min-size", "64", "--max-size", "96", "--crop", "6",
                     "--out", str(out)) == 0
-        data = codec_tools.FeatureShards(out)
+        data = FeatureShards(out)
         assert len(data) == 2 and max(data.features["0"][0].shape[-2:]) == 6
 
     def test_bad_source(self, tmp_path, capsys):
@@ -117,7 +119,7 @@ class TestTrain:
 
     def test_lambda_interpolation(self):
         lambdas = (10.0, 1000.0)
-        values = codec_tools._lambda_for(torch.tensor([0.0, 0.5, 1.0]), lambdas)
+        values = _lambda_for(torch.tensor([0.0, 0.5, 1.0]), lambdas)
         assert torch.allclose(values, torch.tensor([10.0, 100.0, 1000.0]))
 
     def test_bad_lambdas(self, shards, tmp_path):

@@ -33,7 +33,10 @@ import torch
 from ...shared.codec.learned import DEFAULT_CHECKPOINT, LearnedCodec
 from ...shared.errors import FpnlinkError
 from ...shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
-from ..codec_tools import FeatureShards, cross_process_check, evaluate_codec, render_image
+from ..codec.crosscheck import cross_process_check
+from ..codec.evaluate import evaluate_codec
+from ..codec.images import render_image
+from ..codec.shards import FeatureShards
 from .common import machine, median_ms, timed, write_json
 
 HELDOUT_SEED = 90_001
