@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..shared.codec.base import FeatureCodec, ScaleRecord
+from ..shared.codec.base import FeatureCodec
+from ..shared.mfiba.control import RateDecision
 from ..shared.model.split import TRANSMITTED_SCALES
 from ..shared.model.zoo import ModelBundle
 from ..shared.wire import FrameHeader, build_frame, pb
@@ -27,9 +28,8 @@ from ..shared.wire.convert import MAX_ID_LENGTH, MAX_IMAGE_SIDE
 
 MAX_FRAME_ID = 2**64 - 1
 FP32_BYTES = 4
-RateControl = Callable[[dict[str, Tensor], list[tuple[int, int]], list[tuple[int, int]]],
-                       tuple[list[ScaleRecord], dict[str, int]]]
-"""Codes one frame's features itself: ``(features, input_sizes, original_sizes) -> (records, planned_bits)``
+RateControl = Callable[[dict[str, Tensor], list[tuple[int, int]], list[tuple[int, int]]], RateDecision]
+"""Codes one frame's features itself: ``(features, input_sizes, original_sizes) -> RateDecision``
 (e.g. :class:`fpnlink.shared.mfiba.BudgetedCoder`)."""
 
 
@@ -43,12 +43,15 @@ class EncodedFrame:
             ``encode`` (codec, or rate control, + message assembly).
         raw_feature_bytes: size of the transmitted features P2..P5 as fp32, for compression ratios.
         frame_bytes: serialized size of ``frame`` (``frame.ByteSize()``), every header byte included.
+        rate_decision: what ``rate_control`` decided for this frame (MFIP weights, phi and planned bits
+            per scale); None without rate control.
     """
 
     frame: pb.FeatureFrame
     stage_ms: dict[str, float]
     raw_feature_bytes: int
     frame_bytes: int
+    rate_decision: RateDecision | None
 
 
 class EdgeAgent:
@@ -119,11 +122,12 @@ class EdgeAgent:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         backbone_done = time.perf_counter()
-        planned_bits = None
+        planned_bits, decision = None, None
         if rate_control is None:
             records = self.codec.encode(features, phi)
         else:
-            records, planned_bits = rate_control(features, input_sizes, original_sizes)
+            decision = rate_control(features, input_sizes, original_sizes)
+            records, planned_bits = decision.control.records, decision.control.planned_bits
         header = FrameHeader(
             stream_id=self.stream_id,
             frame_id=frame_id,
@@ -142,6 +146,7 @@ class EdgeAgent:
             stage_ms={"backbone": (backbone_done - start) * 1e3, "encode": (encode_done - backbone_done) * 1e3},
             raw_feature_bytes=sum(t.numel() * FP32_BYTES for t in features.values()),
             frame_bytes=frame.ByteSize(),
+            rate_decision=decision,
         )
 
 

@@ -32,7 +32,7 @@ from ..shared.errors import FingerprintMismatchError, FpnlinkError, UnsupportedE
 from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
 from ..shared.wire import PB_TO_TASK, pb, result_to_dict
-from .agent import EdgeAgent
+from .agent import EdgeAgent, EncodedFrame
 from .client import Client, LinkError, Reply, check_compatible
 from .settings import EdgeSettings
 from .sources import ImageSource, SourceError
@@ -234,7 +234,7 @@ def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str
             pending[frame_id] = {"image": name, "frame_id": frame_id, "frame_bytes": encoded.frame_bytes,
                                  "raw_feature_bytes": encoded.raw_feature_bytes, "stage_ms": dict(encoded.stage_ms)}
             if rate_control is not None:
-                pending[frame_id]["rate"] = _rate_record(rate_control, encoded.frame_bytes)
+                pending[frame_id]["rate"] = _rate_record(rate_control, encoded)
             yield encoded.frame
         count_skips()
 
@@ -268,11 +268,12 @@ def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str
     return _summary(counts, source, out_path)
 
 
-def _rate_record(coder: BudgetedCoder, frame_bytes: int) -> dict[str, Any]:
-    """What MFIBA planned for the frame just built; feeds its real size back to the controller."""
+def _rate_record(coder: BudgetedCoder, encoded: EncodedFrame) -> dict[str, Any]:
+    """What MFIBA decided for the frame just built; feeds its real size back to the controller."""
+    decision, frame_bytes = encoded.rate_decision, encoded.frame_bytes
+    assert decision is not None
+    importance, result = decision.importance, decision.control
     coder.observe_frame(frame_bytes)
-    assert coder.last is not None
-    importance, result = coder.last
     if not result.allocation.feasible and coder.infeasible_frames == 1:
         log.warning("budget %s is below what codec %s needs at its lowest rates (%.0f bits for this frame); "
                     "frames go out at those rates, see 'rate' in the results", coder.budget.text,

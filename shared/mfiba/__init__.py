@@ -15,7 +15,7 @@ from .allocate import (
     parse_budget,
 )
 from .calibration import calibrate, detect_phi_grid
-from .control import BudgetedCoder, ControlResult, RateController
+from .control import BudgetedCoder, ControlResult, RateController, RateDecision
 from .fast_predictor import FastPredictor, feature_stats, train_fast_predictor
 from .importance import (
     FullMfip, Importance, MfipMode, make_importance, normalise_losses, parse_mfip_mode, quality_levels,
@@ -28,7 +28,8 @@ from .task_loss import pseudo_ap, task_loss
 __all__ = [
     "K_FPN", "PROFILE_FORMAT", "Allocation", "BackboneInfo", "Budget", "BudgetedCoder", "CauchyFit", "CodecInfo",
     "ControlResult", "FastPredictor", "FitQuality", "FullMfip", "Importance", "InfeasibleBudgetError",
-    "LossRateModel", "MfipMode", "Profile", "QuadraticFit", "RateController", "RatePhiModel", "ScaleRateModel",
+    "LossRateModel", "MfipMode", "Profile", "QuadraticFit", "RateController", "RateDecision", "RatePhiModel",
+    "ScaleRateModel",
     "allocate", "calibrate", "closed_form_rates", "detect_phi_grid", "feature_stats", "fit_cauchy",
     "fit_loss_rate", "fit_quadratic", "fit_rate_phi", "load_profile", "make_importance", "model_loss",
     "normalise_losses", "parse_budget", "parse_mfip_mode", "profile_from_dict", "pseudo_ap", "quality_levels",

@@ -15,7 +15,7 @@ frame's measured bits) scales the model for the first plan; the frame's own ``rh
 first encode, scales it for the single correction. ``rho_i R_i(phi)`` is the model curve rescaled to
 pass through the measured point, so the correction follows the local slope ``rho_i R_i'(phi)``
 there. The frame-overhead estimate (protobuf framing, ids, fingerprints) is an EMA of what
-:meth:`RateController.observe_frame` is told the serialized frames really cost.
+``observe_frame(frame_bytes)`` is told the serialized frames really cost, in bytes.
 
 Codecs whose phi only takes integer values (``quant``'s bit depth; the profile's ``phi_grid``) cannot
 hit each scale's target exactly. There the candidates are the integers within two steps of each
@@ -87,6 +87,19 @@ class ControlResult:
     @property
     def relative_error(self) -> float:
         return (self.frame_bits_estimate - self.budget_bits) / self.budget_bits
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """What :class:`BudgetedCoder` decided for one frame; it travels with the encoded frame.
+
+    Attributes:
+        importance: the MFIP weights the plan used.
+        control: the controller's result (records sent, phi and planned bits per scale, passes).
+    """
+
+    importance: Importance
+    control: ControlResult
 
 
 class RateController:
@@ -241,16 +254,16 @@ class RateController:
         """Measured rate over modelled rate, per scale."""
         return {n: bits[n] / (positions[n] * float(self.profile.rate_phi[n].rate(phi[n]))) for n in bits}
 
-    def observe_frame(self, frame_bits: float) -> None:
-        """Tell the controller what the last frame really cost serialized (updates the overhead estimate)."""
+    def observe_frame(self, frame_bytes: int) -> None:
+        """Tell the controller the serialized size of the last frame, in bytes (updates the overhead estimate)."""
         if self._last_payload_bits is None:
             return
-        overhead = max(float(frame_bits) - self._last_payload_bits, 0.0)
+        overhead = max(8.0 * frame_bytes - self._last_payload_bits, 0.0)
         self.overhead_bits = (1 - self.ema) * self.overhead_bits + self.ema * overhead
 
 
 class BudgetedCoder:
-    """MFIP + rate control as one per-frame coder: ``(features, sizes) -> (records, planned_bits)``.
+    """MFIP + rate control as one per-frame coder: ``(features, input_sizes, original_sizes) -> RateDecision``.
 
     Args:
         controller: the stream's :class:`RateController`.
@@ -258,7 +271,6 @@ class BudgetedCoder:
         budget: the frame budget (``bpp`` budgets use each frame's ORIGINAL image size).
 
     Attributes:
-        last: the last frame's ``(Importance, ControlResult)``.
         infeasible_frames: frames whose budget was below the codec's lowest rates (sent at those rates).
     """
 
@@ -266,17 +278,15 @@ class BudgetedCoder:
         self.controller = controller
         self.importance = importance
         self.budget = budget
-        self.last: tuple[Importance, ControlResult] | None = None
         self.infeasible_frames = 0
 
     def __call__(self, features: dict[str, Tensor], image_sizes: list[ImageSize],
-                 original_sizes: list[ImageSize]) -> tuple[list[ScaleRecord], dict[str, int]]:
+                 original_sizes: list[ImageSize]) -> RateDecision:
         weights = self.importance(features, image_sizes, original_sizes)
         result = self.controller.code(features, weights.weights, self.budget.bits_per_frame(original_sizes[0]))
-        self.last = (weights, result)
         self.infeasible_frames += int(not result.allocation.feasible)
-        return result.records, result.planned_bits
+        return RateDecision(weights, result)
 
     def observe_frame(self, frame_bytes: int) -> None:
-        """Feed the serialized size of the frame just built back into the overhead estimate."""
-        self.controller.observe_frame(8 * frame_bytes)
+        """Feed the serialized size of the frame just built, in bytes, back into the overhead estimate."""
+        self.controller.observe_frame(frame_bytes)

@@ -56,6 +56,7 @@ class TestEncode:
             assert item.frame_bytes == len(item.frame.SerializeToString())
             assert item.raw_feature_bytes == fp32
             assert set(item.stage_ms) == {"backbone", "encode"} and min(item.stage_ms.values()) > 0
+            assert item.rate_decision is None  # no rate control
         assert sum(len(s.payload) for s in raw.frame.scales) == fp32
         assert raw.frame_bytes > fp32
         assert quant.frame_bytes < raw.frame_bytes / 3

@@ -12,7 +12,8 @@ import torch
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.errors import FingerprintMismatchError
 from fpnlink.shared.mfiba import (
-    BackboneInfo, CodecInfo, FullMfip, InfeasibleBudgetError, Profile, RateController, ScaleRateModel, allocate,
+    BackboneInfo, BudgetedCoder, CodecInfo, FullMfip, InfeasibleBudgetError, Profile, RateController, RateDecision,
+    ScaleRateModel, allocate,
     closed_form_rates, feature_stats, fit_cauchy, fit_loss_rate, fit_quadratic, fit_rate_phi, load_profile,
     make_importance, normalise_losses, parse_budget, parse_mfip_mode, profile_from_dict, pseudo_ap,
     quality_levels, train_fast_predictor,
@@ -454,6 +455,40 @@ class TestControl:
         result = controller.code(features, dict.fromkeys(NAMES, 0.25), 1000.0)
         assert not result.allocation.feasible and all(p == 1.0 for p in result.phi.values())
 
+    def test_budgeted_coder_returns_its_decision(self, quant_profile, tiny_features):
+        codec = make_codec("quant")
+        features, image_sizes, original_sizes = tiny_features[3]
+        controller = RateController(codec, quant_profile)
+        payload_budget = _mid_payload_bits(quant_profile, features)
+        budget = parse_budget(f"{payload_budget + controller.overhead_bits:.0f}b")
+        coder = BudgetedCoder(controller, quant_profile.fast_predictor.importance, budget)
+        decision = coder(features, image_sizes, original_sizes)
+        assert isinstance(decision, RateDecision) and coder.infeasible_frames == 0
+        weights = decision.importance.weights
+        assert set(weights) == set(NAMES) and sum(weights.values()) == pytest.approx(1.0)
+        control = decision.control
+        low, high = codec.phi_range
+        assert set(control.phi) == set(NAMES) and all(low <= p <= high and float(p).is_integer()
+                                                      for p in control.phi.values())
+        assert control.budget_bits == budget.bits_per_frame(original_sizes[0])
+        assert sum(control.planned_bits.values()) == pytest.approx(payload_budget, abs=len(NAMES))
+        assert control.payload_bits == 8 * sum(len(r.payload) for r in control.records)
+        assert abs(control.relative_error) < 0.10
+
+    def test_observe_frame_takes_bytes_in_both_classes(self, quant_profile, tiny_features):
+        features, image_sizes, original_sizes = tiny_features[3]
+        budget = _mid_payload_bits(quant_profile, features)
+        weights = quant_profile.fast_predictor.importance(features, image_sizes, original_sizes).weights
+        direct = RateController(make_codec("quant"), quant_profile, ema=1.0, overhead_bits=0)
+        coder = BudgetedCoder(RateController(make_codec("quant"), quant_profile, ema=1.0, overhead_bits=0),
+                              quant_profile.fast_predictor.importance, parse_budget(f"{budget:.0f}b"))
+        payload_bits = direct.code(features, weights, budget).payload_bits
+        assert coder(features, image_sizes, original_sizes).control.payload_bits == payload_bits
+        frame_bytes = payload_bits // 8 + 100  # 100 bytes of framing
+        direct.observe_frame(frame_bytes)
+        coder.observe_frame(frame_bytes)
+        assert direct.overhead_bits == coder.controller.overhead_bits == 800.0
+
     def test_wrong_scales(self, quant_profile, tiny_features):
         controller = RateController(make_codec("quant"), quant_profile)
         features = {n: t for n, t in tiny_features[3][0].items() if n != "3"}
@@ -463,3 +498,10 @@ class TestControl:
 
 def _positions(features: dict[str, torch.Tensor], name: str) -> int:
     return int(features[name].shape[-2] * features[name].shape[-1])
+
+
+def _mid_payload_bits(profile: Profile, features: dict[str, torch.Tensor]) -> float:
+    """The geometric middle of the profile's feasible payload bits for ``features``."""
+    low = sum(profile.rate_phi[n].r_min * _positions(features, n) for n in NAMES)
+    high = sum(profile.rate_phi[n].r_max * _positions(features, n) for n in NAMES)
+    return float((low * high) ** 0.5)

@@ -91,14 +91,25 @@ class TestEdgeBudget:
         low = sum(m.r_min * s for m, s in zip(profile.rate_phi.values(), positions))
         high = sum(m.r_max * s for m, s in zip(profile.rate_phi.values(), positions))
         budget = parse_budget(f"{(low * high) ** 0.5 / 128**2:.4f}bpp")
-        coder = BudgetedCoder(RateController(codec, profile), profile.fast_predictor.importance, budget)
+        controller = RateController(codec, profile)
+        coder = BudgetedCoder(controller, profile.fast_predictor.importance, budget)
+        overhead = controller.overhead_bits
         encoded = agent.encode(tensor, 1, rate_control=coder)
-        importance, result = coder.last
+        assert encoded.rate_decision is not None
+        importance, result = encoded.rate_decision.importance, encoded.rate_decision.control
+        assert set(importance.weights) == set(TRANSMITTED_SCALES) and importance.mode == "fast"
         planned = {s.name: s.planned_bits for s in encoded.frame.scales}
         assert planned == result.planned_bits and all(v > 0 for v in planned.values())
-        assert {s.name: s.phi for s in encoded.frame.scales} == result.phi
         target = budget.bits_per_frame((128, 128))
+        assert result.budget_bits == target
+        assert sum(planned.values()) == pytest.approx(target - overhead, abs=len(planned))
+        phi = {s.name: s.phi for s in encoded.frame.scales}
+        low, high = codec.phi_range
+        assert phi == result.phi and all(low <= p <= high for p in phi.values())
         assert abs(8 * encoded.frame_bytes - target) / target < 0.10
+        coder.observe_frame(encoded.frame_bytes)
+        measured = 8 * encoded.frame_bytes - result.payload_bits
+        assert controller.overhead_bits == pytest.approx((1 - controller.ema) * overhead + controller.ema * measured)
         with pytest.raises(ValueError, match="either phi or rate_control"):
             agent.encode(tensor, 2, phi={"0": 4.0}, rate_control=coder)
 
@@ -115,7 +126,7 @@ class TestEdgeBudget:
         with caplog.at_level("WARNING", logger="fpnlink-edge"):
             for frame_id in (1, 2):
                 encoded = agent.encode(tensor, frame_id, rate_control=coder)
-                records.append(_rate_record(coder, encoded.frame_bytes))
+                records.append(_rate_record(coder, encoded))
         assert [r["feasible"] for r in records] == [False, False] and coder.infeasible_frames == 2
         assert all(phi == 1.0 for phi in records[0]["phi"].values())
         assert len([m for m in caplog.messages if "below what codec quant needs" in m]) == 1

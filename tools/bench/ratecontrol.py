@@ -128,8 +128,8 @@ def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, f
         for frame_id, image in enumerate(held_out, start=1):
             encoded = agent.encode(image, frame_id, rate_control=coder)
             coder.observe_frame(encoded.frame_bytes)
-            assert coder.last is not None
-            result = coder.last[1]
+            assert encoded.rate_decision is not None
+            result = encoded.rate_decision.control
             bits = 8 * encoded.frame_bytes
             target = budget.bits_per_frame((height, width))
             frame_errors.append((bits - target) / target)

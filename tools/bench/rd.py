@@ -552,7 +552,7 @@ class RdBench:
                     result = self.timer.run(f"{name}_rate_control",
                                             lambda: controller.code(features, importance.weights, budget))
                     nbytes = send((name, point), setup.codec, result.records, result.planned_bits)
-                    controller.observe_frame(8 * nbytes)
+                    controller.observe_frame(nbytes)
                     self.mfiba_log[name, point].append({
                         "budget_bits": budget, "frame_bits": 8 * nbytes, "phi": result.phi, "passes": result.passes,
                         "feasible": result.allocation.feasible, "saturated": result.allocation.saturated})
