@@ -25,7 +25,8 @@ from google.protobuf.message import DecodeError
 from torch import Tensor
 
 from fpnlink.shared.codec import FeatureCodec, available_codecs, make_codec
-from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
+from fpnlink.shared.errors import (BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError,
+                                   WeightsError)
 from fpnlink.shared.model import TASK_ARCH, ModelBundle
 from fpnlink.shared.model.split import CloudHalf, EdgeHalf, split
 from fpnlink.shared.wire import TASK_TO_PB, parse_frame, pb, task_result
@@ -53,15 +54,32 @@ def decode_frame(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) ->
         raise BadFrameError(f"{len(data)} bytes are not a serialized fpnlink.v1.FeatureFrame: {exc}") from exc
 
 
-def default_codecs() -> dict[str, FeatureCodec]:
-    """Every registered codec built with its default settings; one that cannot be built so is skipped (logged)."""
+def default_codecs(bundle: ModelBundle | None = None) -> dict[str, FeatureCodec]:
+    """Every registered codec built with its default settings; one that cannot be built so, or whose weights
+    were trained for another backbone than ``bundle``'s, is skipped (logged)."""
     codecs = {}
     for name in available_codecs():
         try:
-            codecs[name] = make_codec(name)
+            codec = make_codec(name)
+            if bundle is not None:
+                check_codec_backbone(codec, bundle)
+            codecs[name] = codec
         except Exception as exc:  # e.g. a learned codec whose weights must be named explicitly
             logger.warning("codec %r is not served: it cannot be built with default settings (%s)", name, exc)
     return codecs
+
+
+def check_codec_backbone(codec: FeatureCodec, bundle: ModelBundle) -> None:
+    """:class:`WeightsError` unless ``codec`` fits a backbone of ``bundle`` (codecs without weights fit any)."""
+    errors = []
+    for fingerprint in sorted(set(bundle.backbone_weight_fingerprints.values())):
+        try:
+            codec.check_backbone(fingerprint)
+            return
+        except WeightsError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 class _ResultCache:
@@ -98,7 +116,8 @@ class CloudEngine:
 
     Args:
         bundle: the loaded detectors; their backbone fingerprints are what frames must carry.
-        codecs: codec name -> codec served; :func:`default_codecs` when omitted.
+        codecs: codec name -> codec served; :func:`default_codecs` when omitted. A codec trained for another
+            backbone than the bundle's is refused (:class:`WeightsError`).
         max_frame_bytes: largest serialized frame accepted.
         num_threads: torch intra-op threads (``torch.set_num_threads``); left as is when omitted.
         device: where the heads run; the bundle's models are moved there.
@@ -124,7 +143,9 @@ class CloudEngine:
                 raise ValueError(f"num_threads must be >= 1, got {num_threads}")
             torch.set_num_threads(num_threads)
         self.bundle = bundle
-        self.codecs = dict(codecs) if codecs is not None else default_codecs()
+        self.codecs = dict(codecs) if codecs is not None else default_codecs(bundle)
+        for codec in self.codecs.values():
+            check_codec_backbone(codec, bundle)
         self.max_frame_bytes = max_frame_bytes
         self.device = torch.device(device)
         for model in bundle.models.values():

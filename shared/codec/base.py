@@ -81,6 +81,8 @@ class FeatureCodec(ABC):
     """Loads a weights file (``checkpoint=``); see :func:`~fpnlink.shared.codec.registry.make_codec`."""
     phi_range: ClassVar[tuple[float, float]]
     default_phi: ClassVar[float]
+    cross_scale: ClassVar[bool] = False
+    """Decoding a scale needs the records of every coarser scale of the frame."""
 
     def config(self) -> dict[str, Any]:
         """Settings that change the bitstream; part of the fingerprint."""
@@ -133,6 +135,10 @@ class FeatureCodec(ABC):
 
     def output_dtype(self) -> str:
         return "float32"
+
+    def check_backbone(self, weights_fingerprint: str) -> None:
+        """Raise :class:`~fpnlink.shared.errors.WeightsError` if the codec was trained for another backbone
+        (``weights_fingerprint``: ``ModelBundle.backbone_weight_fingerprints``); codecs without weights fit any."""
 
     @abstractmethod
     def encode_scale(self, tensor: Tensor, phi: float) -> bytes:

@@ -141,12 +141,16 @@ class FeatureHyperprior(nn.Module):
         config: architecture sizes.
     """
 
+    checkpoint_format = CHECKPOINT_FORMAT
+    config_class: type[HyperpriorConfig] = HyperpriorConfig
+    branch_class: type[_Branch] = _Branch
+
     def __init__(self, config: HyperpriorConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or HyperpriorConfig()
+        self.config = config = config or self.config_class()
         self.register_buffer("feature_mean", torch.zeros(config.num_scales, config.channels))
         self.register_buffer("feature_std", torch.ones(config.num_scales, config.channels))
-        self.branches = nn.ModuleList(_Branch(config) for _ in range(config.num_scales if config.per_scale else 1))
+        self.branches = nn.ModuleList(self.branch_class(config) for _ in range(config.num_scales if config.per_scale else 1))
         self.gains = GainUnits(config.num_scales, config.num_gains, config.latent)
         self.gaussian_conditional = GaussianConditional(None, scale_bound=config.scale_min)
         for prefix in ("z", "y"):
@@ -367,17 +371,16 @@ class FeatureHyperprior(nn.Module):
         }
 
     @torch.no_grad()
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], scale: int, phi: float) -> dict[str, Any]:
-        """Decode what :meth:`compress` produced.
+    def decode_latents(self, strings: list[list[bytes]], shape: tuple[int, int], scale: int) -> dict[str, Tensor]:
+        """Entropy-decode what :meth:`compress` produced, up to the integer latents.
 
         Args:
             strings: per item ``[z_bytes, y_bytes]``.
             shape: ``(H, W)`` of the decoded maps (the padding is derived from it).
-            scale, phi: as given to :meth:`compress`.
+            scale: as given to :meth:`compress`.
 
         Returns:
-            ``x_hat`` ``[B, C, H, W]`` float32 (on the model's device), plus ``z_symbols``, ``y_symbols``
-            and ``indexes`` (int32, CPU).
+            ``z_symbols``, ``y_symbols`` and ``indexes`` (int32, CPU).
         """
         from compressai import ans
 
@@ -398,32 +401,53 @@ class FeatureHyperprior(nn.Module):
             values = decoder.decode_with_indexes(y_bytes, indexes[i].numpy().ravel().tolist(),
                                                  y_tables.cdf, y_tables.length, y_tables.offset)
             y_symbols[i] = _int32_tensor(values).view(m, yh, yw)
+        return {"z_symbols": z_symbols, "y_symbols": y_symbols, "indexes": indexes}
+
+    def dequantise(self, y_symbols: Tensor, scale: int, phi: float) -> Tensor:
+        """``round(y_g) * G'(phi)``: integer latents back to the synthesis domain, on the model's device."""
         device = self.feature_mean.device
-        scales = torch.full((len(strings),), scale, dtype=torch.long, device=device)
-        phis = torch.full((len(strings),), float(phi), dtype=torch.float32, device=device)
+        scales = torch.full((len(y_symbols),), scale, dtype=torch.long, device=device)
+        phis = torch.full((len(y_symbols),), float(phi), dtype=torch.float32, device=device)
         _, inverse = self.gains(scales, phis)
-        hidden = branch.g_s[:-1](y_symbols.to(device, torch.float32) * inverse)
+        return y_symbols.to(device, torch.float32) * inverse
+
+    @torch.no_grad()
+    def reconstruct(self, y_symbols: Tensor, scale: int, phi: float, shape: tuple[int, int]) -> Tensor:
+        """Synthesis of decoded integer latents: raw-domain ``[B, C, H, W]`` float32 on the model's device."""
+        height, width = shape
+        branch = self.branch(scale)
+        hidden = branch.g_s[:-1](self.dequantise(y_symbols, scale, phi))
         # The de-normalisation is folded into the last layer (one pass over the full-size output).
         last, std, mean = branch.g_s[-1], self.feature_std[scale], self.feature_mean[scale]
         x_hat = F.conv_transpose2d(hidden, last.weight * std.view(1, -1, 1, 1), torch.addcmul(mean, last.bias, std),
                                    stride=last.stride, padding=last.padding)
-        return {"x_hat": x_hat[..., :height, :width], "z_symbols": z_symbols, "y_symbols": y_symbols,
-                "indexes": indexes}
+        return x_hat[..., :height, :width]
+
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], scale: int, phi: float) -> dict[str, Any]:
+        """Decode what :meth:`compress` produced: :meth:`decode_latents`, then :meth:`reconstruct`.
+
+        Returns:
+            ``x_hat`` ``[B, C, H, W]`` float32 (on the model's device), plus ``z_symbols``, ``y_symbols``
+            and ``indexes`` (int32, CPU).
+        """
+        out: dict[str, Any] = self.decode_latents(strings, shape, scale)
+        out["x_hat"] = self.reconstruct(out["y_symbols"], scale, phi, shape)
+        return out
 
     # ------------------------------------------------------------------------------------ checkpoints
 
     def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """A self-describing checkpoint: format, architecture config, weights with frozen tables, provenance."""
-        return {"format": CHECKPOINT_FORMAT, "config": asdict(self.config),
+        return {"format": self.checkpoint_format, "config": asdict(self.config),
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "meta": dict(meta or {})}
 
     @classmethod
     def from_checkpoint(cls, blob: dict[str, Any]) -> FeatureHyperprior:
         """Rebuild from :meth:`checkpoint` output; the table buffers are resized to the stored ones."""
-        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(blob, dict) or blob.get("format") != cls.checkpoint_format:
             found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {found!r})")
-        model = cls(HyperpriorConfig(**blob["config"]))
+            raise ValueError(f"not a {cls.checkpoint_format} checkpoint (format {found!r})")
+        model = cls(cls.config_class(**blob["config"]))
         state = blob["state_dict"]
         for prefix in ("z", "y"):
             for name in (f"{prefix}_cdf", f"{prefix}_cdf_length", f"{prefix}_offset"):

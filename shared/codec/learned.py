@@ -76,8 +76,10 @@ def symbol_crc(symbols: Tensor) -> int:
     return zlib.crc32(symbols.contiguous().numpy().astype("<i4", copy=False).tobytes())
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> FeatureHyperprior:
-    """Load a frozen :class:`FeatureHyperprior` checkpoint; :class:`WeightsError` when unusable.
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu",
+               model_class: type[FeatureHyperprior] | None = None) -> FeatureHyperprior:
+    """Load a frozen :class:`FeatureHyperprior` (or ``model_class``) checkpoint; :class:`WeightsError` when
+    unusable.
 
     CompressAI is imported here, not at module import: it pulls in torch_geometric and costs seconds.
     """
@@ -88,7 +90,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Fe
         raise WeightsError(f"no learned-codec checkpoint at {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = FeatureHyperprior.from_checkpoint(blob)
+        model = (model_class or FeatureHyperprior).from_checkpoint(blob)
     except Exception as exc:  # torch and load_state_dict raise several types for a bad file
         raise WeightsError(f"cannot load learned-codec checkpoint {path}: {exc}") from exc
     if not model.frozen:
@@ -115,19 +117,40 @@ class LearnedCodec(FeatureCodec):
     phi_range = (0.0, 5.0)
     default_phi = 2.5
 
+    default_checkpoint = DEFAULT_CHECKPOINT
+    starve_phi: float | None = None
+    """The ``phi`` at which a scale is not transmitted at all; None: every ``phi`` transmits."""
+
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> None:
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else self.default_checkpoint
         self.device = torch.device(device)
-        self.model = load_model(self.checkpoint, self.device)
+        self.model = load_model(self.checkpoint, self.device, self.model_class())
         low, high = self.model.phi_range
         self.phi_range = (low, high)
         self.default_phi = (low + high) / 2
         self._digest = hash_state(self.model.state_dict(), json.dumps(asdict(self.model.config), sort_keys=True))
 
-    def config(self) -> dict[str, Any]:
-        from .hyperprior import CHECKPOINT_FORMAT
+    @staticmethod
+    def model_class() -> type[FeatureHyperprior]:
+        """The network class this codec's checkpoints hold."""
+        from .hyperprior import FeatureHyperprior
 
-        return {"format": CHECKPOINT_FORMAT, "container": container.VERSION, **asdict(self.model.config)}
+        return FeatureHyperprior
+
+    def config(self) -> dict[str, Any]:
+        return {"format": self.model.checkpoint_format, "container": container.VERSION, **asdict(self.model.config)}
+
+    @property
+    def trained_backbone(self) -> str | None:
+        """Weights fingerprint of the backbone whose features trained the checkpoint (None when it does not say)."""
+        return self.model.meta.get("backbone_weights")
+
+    def check_backbone(self, weights_fingerprint: str) -> None:
+        trained = self.trained_backbone
+        if trained is not None and trained != weights_fingerprint:
+            raise WeightsError(f"{self.name} codec {self.checkpoint.name} was trained on the features of backbone "
+                               f"weights {trained}, but this side runs {weights_fingerprint}: serve the backbone it "
+                               "was trained on, or train a codec for this one (fpnlink codec extract, train)")
 
     def weights_digest(self) -> str:
         return self._digest
@@ -199,32 +222,48 @@ class LearnedCodec(FeatureCodec):
 
     def decode_symbols(self, record: ScaleRecord) -> dict[str, Tensor]:
         """Decode one validated record; returns ``x_hat`` ``[1, C, H, W]`` and the decoded integer latents."""
+        out = self.entropy_decode(record)
+        out["x_hat"] = self.model.reconstruct(out["y_symbols"], SCALE_INDEX[record.name], record.phi,
+                                              record.shape[1:]).float().cpu()
+        return out
+
+    def entropy_decode(self, record: ScaleRecord) -> dict[str, Tensor]:
+        """Unpack, check and rANS-decode one record up to its integer latents (``z_symbols``, ``y_symbols``,
+        ``indexes``), whose CRCs must match the header's."""
+        scale, streams, checks = self.checked_streams(record)
+        try:
+            out = self.model.decode_latents([[s + _DECODE_GUARD for s in streams]], record.shape[1:], scale)
+        except (RuntimeError, ValueError, OverflowError) as exc:
+            raise CodecError(f"scale {record.name!r}: cannot decode the entropy-coded streams ({exc})") from exc
+        if (symbol_crc(out["z_symbols"][0]), symbol_crc(out["y_symbols"][0])) != checks:
+            raise CodecError(f"scale {record.name!r}: decoded symbols fail their check: corrupt payload, or an "
+                             "encoder whose CDF indexes differ from this decoder's")
+        return out
+
+    def checked_streams(self, record: ScaleRecord, latent_shapes: tuple | None = None,
+                        ) -> tuple[int, list[bytes], tuple[int, ...]]:
+        """Unpack and cross-check a record's payload; returns its scale index, substreams and symbol checks.
+
+        Args:
+            latent_shapes: what the header must declare; those implied by the record's shape when omitted.
+        """
         header, streams = container.unpack(record.payload, codec=self.name, fingerprint=self.fingerprint)
         scale = SCALE_INDEX.get(record.name)
         if scale is None:
-            raise CodecError(f"learned codec decodes scales {list(SCALE_INDEX)}, not {record.name!r}")
+            raise CodecError(f"{self.name} codec decodes scales {list(SCALE_INDEX)}, not {record.name!r}")
         channels, height, width = record.shape
         if header.scale != scale or header.shape != record.shape or header.phi != record.phi:
             raise CodecError(f"scale {record.name!r}: payload header (scale {header.scale}, shape {header.shape}, "
                              f"phi {header.phi}) disagrees with the record ({scale}, {record.shape}, {record.phi})")
         if record.dtype != self.output_dtype():
-            raise CodecError(f"scale {record.name!r}: learned codec outputs {self.output_dtype()}, not {record.dtype}")
+            raise CodecError(f"scale {record.name!r}: {self.name} codec outputs {self.output_dtype()}, not {record.dtype}")
         if channels != self.model.config.channels:
             raise CodecError(f"scale {record.name!r}: {channels} channels, this model codes "
                              f"{self.model.config.channels}")
-        expected = tuple(self.model.latent_shapes(height, width))
+        expected = tuple(self.model.latent_shapes(height, width)) if latent_shapes is None else latent_shapes
         if header.latent_shapes != expected:
             raise CodecError(f"scale {record.name!r}: latent shapes {header.latent_shapes} do not match "
                              f"{expected} implied by {record.shape}")
         if any(len(s) < MIN_STREAM_BYTES for s in streams):
             raise CodecError(f"scale {record.name!r}: a substream is shorter than {MIN_STREAM_BYTES} bytes")
-        try:
-            out = self.model.decompress([[s + _DECODE_GUARD for s in streams]], (height, width), scale, record.phi)
-        except (RuntimeError, ValueError, OverflowError) as exc:
-            raise CodecError(f"scale {record.name!r}: cannot decode the entropy-coded streams ({exc})") from exc
-        decoded = (symbol_crc(out["z_symbols"][0]), symbol_crc(out["y_symbols"][0]))
-        if decoded != header.checks:
-            raise CodecError(f"scale {record.name!r}: decoded symbols fail their check: corrupt payload, or an "
-                             "encoder whose CDF indexes differ from this decoder's")
-        out["x_hat"] = out["x_hat"].float().cpu()
-        return out
+        return scale, streams, header.checks

@@ -100,6 +100,8 @@ class ModelBundle:
         models: architecture -> torchvision detector in eval mode.
         categories: architecture -> class names (index = label).
         backbone_fingerprints: architecture -> hash of its transform config + backbone weights.
+        backbone_weight_fingerprints: architecture -> hash of its backbone weights alone (what a learned codec
+            is trained for: the features' statistics do not depend on the input size).
         head_fingerprints: architecture -> hash of its RPN + ROI head weights.
     """
 
@@ -109,12 +111,14 @@ class ModelBundle:
     models: dict[str, GeneralizedRCNN]
     categories: dict[str, list[str]]
     backbone_fingerprints: dict[str, str] = field(default_factory=dict)
+    backbone_weight_fingerprints: dict[str, str] = field(default_factory=dict)
     head_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for arch, model in self.models.items():
             model.eval()
             self.backbone_fingerprints[arch] = hash_state(model.backbone.state_dict(), _transform_tag(model))
+            self.backbone_weight_fingerprints[arch] = hash_state(model.backbone.state_dict())
             heads = {f"rpn.{k}": v for k, v in model.rpn.state_dict().items()}
             heads.update({f"roi.{k}": v for k, v in model.roi_heads.state_dict().items()})
             self.head_fingerprints[arch] = hash_state(heads)
