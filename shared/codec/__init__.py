@@ -5,8 +5,9 @@ from .learned import LearnedCodec
 from .quant import QuantCodec
 from .raw import Raw16Codec, RawCodec
 from .registry import available_codecs, codec_has_weights, make_codec, register_codec
+from .xscale import CrossScaleCodec
 
 __all__ = [
-    "DTYPES", "FeatureCodec", "LearnedCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
+    "DTYPES", "CrossScaleCodec", "FeatureCodec", "LearnedCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
     "available_codecs", "codec_has_weights", "make_codec", "register_codec",
 ]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..codec.base import FeatureCodec
+from ..codec.base import FeatureCodec, ScaleRecord
 from ..model.split import TRANSMITTED_SCALES, CloudHalf
 from ..model.zoo import TASK_ARCH, ModelBundle
 from .task_loss import task_loss
@@ -170,11 +170,15 @@ class FullMfip:
         """Each scale coded and decoded at every level: decoded maps ``[1, C, h, w]`` and payload bits."""
         decoded: dict[str, list[Tensor]] = {}
         bits: dict[str, list[float]] = {}
+        context: list[ScaleRecord] = []
+        if self.codec.cross_scale:  # a scale decodes with the coarser ones, held at the top level
+            context = self.codec.encode(features, dict.fromkeys(features, self.codec.phi_range[1]))
         for name, tensor in features.items():
             decoded[name], bits[name] = [], []
+            coarser = [r for r in context if TRANSMITTED_SCALES.index(r.name) > TRANSMITTED_SCALES.index(name)]
             for phi in self.levels:
                 records = self.codec.encode({name: tensor}, {name: phi})
-                decoded[name].append(self.codec.decode(records)[name].to(tensor.device, tensor.dtype))
+                decoded[name].append(self.codec.decode(records + coarser)[name].to(tensor.device, tensor.dtype))
                 bits[name].append(8.0 * sum(len(r.payload) for r in records))
         return decoded, bits
 

@@ -29,7 +29,7 @@ class TestRegistry:
             make_codec("jpeg-xl")
 
     def test_checkpoint_only_for_codecs_with_weights(self):
-        assert [n for n in available_codecs() if codec_has_weights(n)] == ["learned"]
+        assert [n for n in available_codecs() if codec_has_weights(n)] == ["learned", "xscale"]
         with pytest.raises(UnsupportedError, match="codec 'quant' has no weights"):
             make_codec("quant", checkpoint=TINY_CHECKPOINT)
         assert make_codec("learned", checkpoint=TINY_CHECKPOINT).checkpoint == TINY_CHECKPOINT
