@@ -15,7 +15,7 @@ from PIL import Image
 from fpnlink.shared.codec import LearnedCodec
 from fpnlink.tools.codec import cli as codec_cli
 from fpnlink.tools.codec.shards import FeatureShards
-from fpnlink.tools.codec.train import _lambda_for
+from fpnlink.tools.codec.train import lambda_for
 from fpnlink.tools.bd_rate import bd_psnr, bd_rate
 
 TINY_ARCH = ["--latent", "8", "--hyper", "4", "--hidden", "8", "--lambdas", "32,512,4096"]
@@ -119,7 +119,7 @@ class TestTrain:
 
     def test_lambda_interpolation(self):
         lambdas = (10.0, 1000.0)
-        values = _lambda_for(torch.tensor([0.0, 0.5, 1.0]), lambdas)
+        values = lambda_for(torch.tensor([0.0, 0.5, 1.0]), lambdas)
         assert torch.allclose(values, torch.tensor([10.0, 100.0, 1000.0]))
 
     def test_bad_lambdas(self, shards, tmp_path):

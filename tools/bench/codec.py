@@ -1,4 +1,5 @@
-"""``fpnlink bench codec [--quick] [--ckpt CKPT] --json PATH``: the learned codec against quant and the backbone.
+"""``fpnlink bench codec [--quick] [--codec xscale|learned] [--ckpt CKPT] --json PATH``: a learned codec
+against quant and the backbone.
 
 What it measures, in one run on one machine::
 
@@ -8,6 +9,7 @@ What it measures, in one run on one machine::
     deterministic encode with 1 thread here, decode with 2 threads in a spawned process: every
                   latent symbol and CDF index identical, reconstructions equal to float32 rounding
                   (details, exact-equality flag included, under "determinism")
+    rate_range    per scale, bytes at the highest phi over bytes at the lowest (the span MFIBA can allocate)
     rate_monotonic the bytes of every scale never rise as phi falls (9 phi over the whole range,
                   same frame; per scale in rate_monotonic_by_scale, and on the held-out set in
                   rate_monotonic_heldout)
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...shared.codec.learned import DEFAULT_CHECKPOINT, LearnedCodec
+from ...shared.codec import make_codec
 from ...shared.errors import FpnlinkError
 from ...shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
 from ..codec.crosscheck import cross_process_check
@@ -41,6 +43,7 @@ from .common import machine, median_ms, timed, write_json
 
 HELDOUT_SEED = 90_001
 """Seed of the held-out scenes (training scenes use small seeds)."""
+DEFAULT_CODEC = "xscale"
 DEFAULT_WEIGHTS = "random:0"
 DEFAULT_RD_SIZE = 512
 
@@ -65,10 +68,10 @@ def _heldout(weights: str, size: int, count: int) -> FeatureShards:
 
 
 def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path, weights: str | None = None,
-                    rd_size: int | None = None) -> dict[str, Any]:
+                    rd_size: int | None = None, codec_name: str = DEFAULT_CODEC) -> dict[str, Any]:
     """Run the benchmark, write ``json_path`` and return the report (see the module docstring)."""
-    checkpoint = Path(ckpt) if ckpt is not None else DEFAULT_CHECKPOINT
-    codec = LearnedCodec(checkpoint)
+    codec = make_codec(codec_name, ckpt)
+    checkpoint = codec.checkpoint
     weights = weights or codec.model.meta.get("weights") or DEFAULT_WEIGHTS
     rd_size = rd_size or codec.model.meta.get("min_size") or DEFAULT_RD_SIZE
     height, width = (512, 512) if quick else (800, 1216)
@@ -90,10 +93,10 @@ def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path, weights: st
     sizes = [sum(sizes.values()) for sizes in per_phi]
     monotonic_by_scale = {name: all(a[name] >= b[name] for a, b in zip(per_phi, per_phi[1:])) for name in features}
 
-    determinism = cross_process_check(checkpoint, features, phi)
-    rd = evaluate_codec(_heldout(weights, rd_size, 2 if quick else 6), checkpoint)
+    determinism = cross_process_check(checkpoint, features, phi, codec_name=codec_name)
+    rd = evaluate_codec(_heldout(weights, rd_size, 2 if quick else 6), checkpoint, codec_name=codec_name)
     report = {
-        "bench": "codec", "quick": quick, "machine": machine(), "checkpoint": str(checkpoint), "weights": weights,
+        "bench": "codec", "codec": codec_name, "quick": quick, "machine": machine(), "checkpoint": str(checkpoint), "weights": weights,
         "fingerprint": codec.fingerprint, "image_size": [height, width], "phi": phi,
         "bd_rate_vs_quant_percent": rd["bd_rate_vs_quant_percent"].get("all"),
         "bd_rate_per_scale": {k: v for k, v in rd["bd_rate_vs_quant_percent"].items() if k != "all"},
@@ -102,6 +105,7 @@ def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path, weights: st
         "backbone_ms": median_ms(backbone),
         "bytes_at_phi": sum(len(r.payload) for r in records),
         "bpp_at_phi": sum(len(r.payload) for r in records) * 8 / (height * width),
+        "rate_range": {name: round(per_phi[0][name] / per_phi[-1][name], 2) for name in features},
         "rate_monotonic": all(monotonic_by_scale.values()), "rate_monotonic_by_scale": monotonic_by_scale,
         "rate_monotonic_heldout": rd["rate_monotonic"],
         "rate_by_phi": [{"phi": p, "bytes": s, "scales": d} for p, s, d in zip(phis, sizes, per_phi)],
@@ -116,7 +120,9 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add ``fpnlink bench codec``."""
     p = bench_subparsers.add_parser("codec", help="learned codec: BD-rate vs quant, determinism, speed vs backbone")
     p.add_argument("--quick", action="store_true", help="512x512 timing, 2 held-out images")
-    p.add_argument("--ckpt", type=Path, help=f"learned-codec checkpoint (default {DEFAULT_CHECKPOINT.name})")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=("xscale", "learned"), help="codec benchmarked "
+                   f"(default {DEFAULT_CODEC})")
+    p.add_argument("--ckpt", type=Path, help="its checkpoint (default: the codec's shipped one)")
     p.add_argument("--json", type=Path, required=True, help="report to write")
     p.add_argument("--weights", help="backbone (default: the one the checkpoint was trained on, else random:0)")
     p.add_argument("--rd-size", type=int, help="side of the held-out scenes (default: the checkpoint's training size)")
@@ -131,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        report = run_codec_bench(args.quick, args.ckpt, args.json, args.weights, args.rd_size)
+        report = run_codec_bench(args.quick, args.ckpt, args.json, args.weights, args.rd_size, args.codec)
     except (ValueError, OSError, FpnlinkError) as exc:
         print(f"fpnlink bench codec: error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@
         Writes P2..P5 ('0'..'3') as fp16 in shard-NNNNN.pt files plus manifest.json.
     fpnlink codec train --shards SHARDS --out CKPT [--steps --batch --lr --device auto --resume ...]
         L = R + lambda(phi) * D with phi ~ U[0, N-1] per item (the loss: ``tools.codec.train``).
+    fpnlink codec train-xscale --shards SHARDS --out CKPT [--warm-start LEARNED --steps --crop --resume ...]
+        the cross-scale codec on aligned crops of all four scales, task-aware distortion
+        (the loss: ``tools.codec.train_xscale``).
     fpnlink codec export --ckpt CKPT --out FILE [--half]
         the checkpoint without its optimiser state (what ships); --half stores the transforms in fp16.
     fpnlink codec eval --shards HELDOUT --ckpt CKPT --out DIR
@@ -32,10 +35,11 @@ from .evaluate import evaluate_codec
 from .export import export_checkpoint
 from .shards import FeatureShards, extract_features
 from .train import DEFAULT_LAMBDAS, TrainSettings, train_codec
+from .train_xscale import XScaleSettings, train_xscale
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fpnlink codec {extract,train,export,eval}``."""
+    """Add ``fpnlink codec {extract,train,train-xscale,export,eval}``."""
     parser = subparsers.add_parser("codec", help="learned feature codec: extract features, train, evaluate")
     sub = parser.add_subparsers(dest="codec_command", required=True)
 
@@ -81,6 +85,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
+    p = sub.add_parser("train-xscale", help="train the cross-scale codec (xscale)")
+    p.add_argument("--shards", type=Path, required=True, help="whole-map shards (`fpnlink codec extract`, no --crop)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (and resume from); log beside it")
+    xdefaults = XScaleSettings()
+    for name, text in {
+        "steps": "total optimiser steps; a resumed run continues up to this count", "batch": "items per step",
+        "crop": "P2 crop side in positions, a multiple of 8", "save_every": "steps between checkpoints",
+        "seed": "sampling seed", "latent": "latent channels M", "hyper": "hyper-latent channels",
+        "hidden": "hidden channels of the hyperprior transforms", "decoder": "channels of the cross-scale decoder",
+    }.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(xdefaults, name),
+                       help=f"{text} (default {getattr(xdefaults, name)})")
+    for name, text in {
+        "lr": "Adam learning rate, divided by 10 for the last 10%%", "task_weight": "weight of the head-sensitivity "
+        "term in the distortion (0: plain feature MSE)", "starve": "probability of the starve level per scale",
+        "max_minutes": "stop (and save) after this many minutes; 0: no limit",
+    }.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(xdefaults, name),
+                       help=f"{text} (default {getattr(xdefaults, name):g})")
+    p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in xdefaults.lambdas),
+                   help="distortion weight per gain level, comma-separated (count sets N)")
+    p.add_argument("--no-context", action="store_true", help="cut the cross-scale decoder path (ablation)")
+    p.add_argument("--warm-start", type=Path, help="a learned-codec checkpoint to start the analysis and hyperprior from")
+    p.add_argument("--resume", action="store_true", help="continue from --out when it exists")
+    p.add_argument("--limit", type=int, help="use only the first LIMIT items")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train_xscale)
+
     p = sub.add_parser("export", help="write a checkpoint without its training state (what LearnedCodec loads)")
     p.add_argument("--ckpt", type=Path, required=True, help="training checkpoint (`fpnlink codec train --out`)")
     p.add_argument("--out", type=Path, required=True, help="codec file to write")
@@ -90,6 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="RD table and plot against the quant codec on held-out shards")
     p.add_argument("--shards", type=Path, required=True, help="held-out shards (not the training ones)")
     p.add_argument("--ckpt", type=Path, required=True, help="codec checkpoint to evaluate")
+    p.add_argument("--codec", default="learned", choices=("learned", "xscale"), help="the checkpoint's codec")
     p.add_argument("--out", type=Path, required=True, help="folder for rd.json, rd.md, rd.png")
     p.add_argument("--phis", help="comma-separated phi values (default: every half step of the range)")
     p.add_argument("--scales", default=",".join(TRANSMITTED_SCALES), help="comma-separated scales to evaluate")
@@ -142,6 +176,25 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train_xscale(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        lambdas = tuple(_floats(args.lambdas))
+        if len(lambdas) < 2 or min(lambdas) <= 0:
+            raise ValueError(f"--lambdas needs at least two positive values, got {args.lambdas!r}")
+        settings = XScaleSettings(**{f.name: getattr(args, f.name) for f in fields(XScaleSettings)
+                                     if f.name not in ("lambdas", "context")},
+                                  lambdas=lambdas, context=not args.no_context)
+        started = time.perf_counter()
+        logged = train_xscale(FeatureShards(args.shards, args.limit), args.out, settings, args.resume,
+                              args.warm_start, progress=not args.no_progress)
+    except (ValueError, FpnlinkError, OSError) as exc:
+        return _fail("train-xscale", exc)
+    print(json.dumps({**logged, "checkpoint": str(args.out), "seconds": round(time.perf_counter() - started, 1)}))
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     try:
         summary = export_checkpoint(args.ckpt, args.out, args.half)
@@ -156,7 +209,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         report = evaluate_codec(FeatureShards(args.shards, args.limit), args.ckpt, args.out,
-                                _floats(args.phis) if args.phis else None, scales=_scales(args.scales))
+                                _floats(args.phis) if args.phis else None, scales=_scales(args.scales),
+                                codec_name=args.codec)
     except (ValueError, FpnlinkError, OSError) as exc:
         return _fail("eval", exc)
     print(json.dumps({"bd_rate_vs_quant_percent": report["bd_rate_vs_quant_percent"],

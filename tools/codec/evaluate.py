@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from ...shared.codec import make_codec
-from ...shared.codec.learned import LearnedCodec
 from ...shared.model import TRANSMITTED_SCALES
 from ..bd_rate import bd_rate
 from ..devices import resolve_device
@@ -38,7 +37,8 @@ def feature_psnr(original: Tensor, decoded: Tensor) -> float:
 @torch.inference_mode()
 def rd_points(codec: Any, shards: FeatureShards, phis: list[float], scales: tuple[str, ...] = TRANSMITTED_SCALES,
               ) -> list[dict[str, Any]]:
-    """Code every held-out item at every ``phi`` with real bytes; one point per ``phi``.
+    """Code every held-out item at every ``phi`` with real bytes (one frame of ``scales`` per item, so a
+    cross-scale codec decodes as it would in service); one point per ``phi``.
 
     Returns:
         ``[{"phi", "scales": {name: {"bpp", "psnr", "bytes"}}, "all": {"bpp", "psnr"}}]``, where bpp is
@@ -47,16 +47,16 @@ def rd_points(codec: Any, shards: FeatureShards, phis: list[float], scales: tupl
     pixels = sum(item["original_size"][0] * item["original_size"][1] for item in shards.items)
     points = []
     for phi in phis:
-        per_scale = {}
-        for name in scales:
-            total_bytes, psnrs = 0, []
-            for i in range(len(shards)):
-                tensor = shards.features[name][i].float().unsqueeze(0)
-                records = codec.encode({name: tensor}, {name: phi})
-                decoded = codec.decode(records)[name].float()
-                total_bytes += sum(len(r.payload) for r in records)
-                psnrs.append(feature_psnr(tensor, decoded))
-            per_scale[name] = {"bytes": total_bytes, "bpp": total_bytes * 8 / pixels, "psnr": float(np.mean(psnrs))}
+        total_bytes, psnrs = dict.fromkeys(scales, 0), {name: [] for name in scales}
+        for i in range(len(shards)):
+            frame = {name: shards.features[name][i].float().unsqueeze(0) for name in scales}
+            records = codec.encode(frame, dict.fromkeys(frame, phi))
+            decoded = codec.decode(records)
+            for record in records:
+                total_bytes[record.name] += len(record.payload)
+                psnrs[record.name].append(feature_psnr(frame[record.name], decoded[record.name].float()))
+        per_scale = {name: {"bytes": total_bytes[name], "bpp": total_bytes[name] * 8 / pixels,
+                            "psnr": float(np.mean(psnrs[name]))} for name in scales}
         points.append({
             "phi": phi, "scales": per_scale,
             "all": {"bpp": sum(v["bpp"] for v in per_scale.values()),
@@ -76,9 +76,11 @@ def _bd(anchor: list[dict[str, Any]], test: list[dict[str, Any]], key: str | Non
 
 def evaluate_codec(shards: FeatureShards, checkpoint: Path, out: Path | None = None,
                    phis: list[float] | None = None, quant_bits: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8),
-                   scales: tuple[str, ...] = TRANSMITTED_SCALES, device: str = "cpu") -> dict[str, Any]:
-    """RD table of the learned codec against ``quant``; writes rd.json, rd.md and rd.png under ``out``."""
-    learned = LearnedCodec(checkpoint, device=resolve_device(device))
+                   scales: tuple[str, ...] = TRANSMITTED_SCALES, device: str = "cpu",
+                   codec_name: str = "learned") -> dict[str, Any]:
+    """RD table of a learned codec (``learned`` or ``xscale``) against ``quant``; writes rd.json, rd.md and
+    rd.png under ``out``."""
+    learned = make_codec(codec_name, checkpoint, device=resolve_device(device))
     low, high = learned.phi_range
     phis = phis if phis is not None else [float(v) for v in np.linspace(low, high, 2 * int(high - low) + 1)]
     learned_points = rd_points(learned, shards, phis, scales)

@@ -71,6 +71,7 @@ def extract_features(data: str, weights: str, out: Path, min_size: int = 512, ma
         raise ValueError(f"no images in {data}")
     manifest = {
         "format": SHARD_FORMAT, "weights": weights, "backbone_fingerprint": bundle.backbone_fingerprint_for(["detect"]),
+        "backbone_weights": bundle.backbone_weight_fingerprints["faster"],
         "min_size": min_size, "max_size": max_size, "crop": crop, "count": count, "shards": shards,
         "data": data,
     }

@@ -70,7 +70,7 @@ class TrainSettings:
     monotone: float = 0.0
 
 
-def _lambda_for(phi: Tensor, lambdas: tuple[float, ...]) -> Tensor:
+def lambda_for(phi: Tensor, lambdas: tuple[float, ...]) -> Tensor:
     """Log-linear interpolation of ``lambdas`` at continuous gain positions ``phi``."""
     logs = torch.tensor([math.log(v) for v in lambdas], device=phi.device)
     low = phi.floor().long().clamp(0, len(lambdas) - 2)
@@ -126,6 +126,7 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
     crops = {name: shards.crop_size(name, settings.crop) for name in settings.scales}
     high = float(len(settings.lambdas) - 1)
     meta = {"backbone_fingerprint": shards.manifest.get("backbone_fingerprint"),
+            "backbone_weights": shards.manifest.get("backbone_weights"),
             "weights": shards.manifest.get("weights"), "items": len(shards),
             "min_size": shards.manifest.get("min_size"), "max_size": shards.manifest.get("max_size")}
     logged: dict[str, Any] = {}
@@ -146,7 +147,7 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
         positions = x.shape[-2] * x.shape[-1]
         rate = result["bits"] / positions
         distortion = (result["x_hat_norm"] - result["x_norm"]).pow(2).mean(dim=(1, 2, 3))
-        weight = _lambda_for(phi, settings.lambdas)
+        weight = lambda_for(phi, settings.lambdas)
         loss = ((rate + weight * distortion) / weight.sqrt()).mean()
         if settings.monotone > 0:
             lower = (phi - 0.25 - 0.75 * torch.rand(settings.batch, generator=generator).to(target)).clamp_min(0)
@@ -164,16 +165,16 @@ def train_codec(shards: FeatureShards, out: Path, settings: TrainSettings, devic
                         mse=f"{logged['mse']:.3g}")
         out_of_time = budget > 0 and time.monotonic() - started >= budget
         if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps or out_of_time:
-            _save(model, optimizer, settings, step + 1, generator, meta, out)
+            save_checkpoint(model, optimizer, settings, step + 1, generator, meta, out)
         if out_of_time:
             break
     bar.close()
     if start >= settings.steps and not out.is_file():
-        _save(model, optimizer, settings, start, generator, meta, out)
+        save_checkpoint(model, optimizer, settings, start, generator, meta, out)
     return logged
 
 
-def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
+def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: Any, step: int,
           generator: torch.Generator, meta: dict[str, Any], out: Path) -> None:
     """Freeze the tables and write the checkpoint atomically (codable at every save)."""
     model.update()
