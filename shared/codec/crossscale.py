@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from compressai.layers import GDN
 from torch import Tensor, nn
 
@@ -183,6 +182,43 @@ class CrossScaleHyperprior(FeatureHyperprior):
             index = torch.tensor([scale], device=x_hat_norm.device)
             decoded[scale] = self._denormalise(x_hat_norm, index)
         return decoded
+
+    @torch.no_grad()
+    def init_from_pca(self, bases: Tensor) -> None:
+        """Start every scale as a transform coder on a fixed PCA basis of its (normalised) features.
+
+        With ``bases`` ``[4, C, K]`` (orthonormal columns, ``4 * K == M``, ``K <= D``), ``g_a`` maps each 2x2
+        block of positions to its ``K`` coefficients per position (``M = 4K`` latent channels), ``g_s`` puts
+        them back on their positions and ``out`` applies the basis: before training the decoder is exactly the
+        PCA-K reconstruction of the dequantised latent (GDNs near identity, cross-scale path zero). A fixed
+        32-dim PCA per scale loses no box AP through the shipped heads (``../shared/notes/CODEC.md``); training
+        from there needs far fewer steps than from random transforms.
+        """
+        m, d = self.config.latent, self.config.decoder
+        k = bases.shape[-1]
+        if tuple(bases.shape) != (self.config.num_scales, self.config.channels, k) or 4 * k != m or k > d:
+            raise ValueError(f"bases must be [{self.config.num_scales}, {self.config.channels}, K] with 4K == "
+                             f"latent ({m}) and K <= decoder ({d}), got {tuple(bases.shape)}")
+        identity = torch.zeros(m, m, 3, 3)
+        identity[torch.arange(m), torch.arange(m), 1, 1] = 1.0
+        for scale, branch in enumerate(self.branches):
+            basis = bases[scale].to(branch.out.weight)
+            analysis, spread = torch.zeros(m, self.config.channels, 3, 3), torch.zeros(m, d, 4, 4)
+            for group, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+                analysis[group * k:(group + 1) * k, :, 1 + a, 1 + b] = basis.T
+                spread[group * k + torch.arange(k), torch.arange(k), 1 + a, 1 + b] = 1.0
+            for conv, weight in ((branch.g_a[0], analysis), (branch.g_a[2], identity), (branch.g_s[0], identity),
+                                 (branch.g_s[2], spread)):
+                conv.weight.copy_(weight)
+                conv.bias.zero_()
+            for gdn in (branch.g_a[1], branch.g_s[1]):
+                gdn.gamma.copy_(gdn.gamma_reparam.init(1e-4 * torch.eye(m)))
+            branch.out.weight.zero_()
+            branch.out.weight[:, :k, 0, 0] = basis
+            branch.out.bias.zero_()
+            for conv in (branch.fuse[2], branch.up):
+                conv.weight.zero_()
+                conv.bias.zero_()
 
     def warm_start(self, donor: FeatureHyperprior, skip: tuple[str, ...] = ()) -> list[str]:
         """Copy every tensor of ``donor`` whose name and shape match (analysis, hyperprior, gains,

@@ -207,3 +207,46 @@ def test_bench_registers_codec():
     args = parser.parse_args(["codec", "--quick", "--json", "out.json"])
     assert args.quick and args.json == Path("out.json") and args.func is bench_codec._run
     assert bench_codec.register_bench is bench_codec.register
+
+
+class TestTrainXscale:
+    ARCH = ["--latent", "8", "--hyper", "4", "--hidden", "8", "--decoder", "8", "--lambdas", "1,64,1024"]
+
+    def test_train_resume_export_decode(self, shards, tmp_path):
+        from fpnlink.shared.codec import CrossScaleCodec
+
+        out = tmp_path / "xscale.pt"
+        common = ["--shards", str(shards), "--out", str(out), "--batch", "2", "--crop", "16", "--save-every", "2",
+                  "--no-progress", *self.ARCH]
+        assert _cli("train-xscale", *common, "--steps", "2", "--pca-init") == 0
+        assert _cli("train-xscale", *common, "--steps", "4", "--resume") == 0
+        logged = [json.loads(line) for line in out.with_suffix(".log").read_text().splitlines()]
+        assert [entry["step"] for entry in logged] == [2, 4]
+        blob = torch.load(out, weights_only=True)
+        assert blob["train"]["step"] == 4 and blob["meta"]["backbone_weights"] == json.loads(
+            (shards / "manifest.json").read_text())["backbone_weights"]
+        exported = tmp_path / "shipped.pt"
+        assert _cli("export", "--ckpt", str(out), "--out", str(exported)) == 0
+        codec = CrossScaleCodec(exported)
+        frame = {n: FeatureShards(shards).features[n][0].float()[None] for n in "0123"}
+        decoded = codec.decode(codec.encode(frame, dict.fromkeys(frame, 1.0)))
+        assert all(decoded[n].shape == frame[n].shape for n in frame)
+
+    def test_crop_must_align_with_p5(self, shards, tmp_path):
+        assert _cli("train-xscale", "--shards", str(shards), "--out", str(tmp_path / "x.pt"), "--crop", "12",
+                    "--steps", "1", "--no-progress", *self.ARCH) == 2
+
+    def test_pca_init_reconstructs_the_projection(self, shards):
+        from fpnlink.shared.codec.crossscale import CrossScaleConfig, CrossScaleHyperprior
+        from fpnlink.tools.codec.train_xscale import pca_bases
+
+        data = FeatureShards(shards)
+        model = CrossScaleHyperprior(CrossScaleConfig(latent=16, hyper=4, hidden=4, num_gains=3, decoder=8))
+        model.set_normalisation(*data.normalisation())
+        bases = pca_bases(data, model.feature_mean, model.feature_std, 4)
+        model.init_from_pca(bases)
+        x = model._normalise(data.features["1"][0].float()[None], torch.tensor([1]))
+        with torch.no_grad():
+            _, x_hat = model.synthesize(model.branches[1].g_a(x), None, 1, tuple(x.shape[-2:]))
+        projection = bases[1] @ bases[1].T @ x[0].flatten(1)
+        assert torch.allclose(x_hat[0].flatten(1), projection, atol=1e-3)

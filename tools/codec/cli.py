@@ -108,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="distortion weight per gain level, comma-separated (count sets N)")
     p.add_argument("--no-context", action="store_true", help="cut the cross-scale decoder path (ablation)")
     p.add_argument("--warm-start", type=Path, help="a learned-codec checkpoint to start the analysis and hyperprior from")
+    p.add_argument("--pca-init", action="store_true", help="start the transforms as a PCA coder (latent/4 components "
+                   "per position, fitted on the shards)")
     p.add_argument("--resume", action="store_true", help="continue from --out when it exists")
     p.add_argument("--limit", type=int, help="use only the first LIMIT items")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -188,7 +190,7 @@ def _run_train_xscale(args: argparse.Namespace) -> int:
                                   lambdas=lambdas, context=not args.no_context)
         started = time.perf_counter()
         logged = train_xscale(FeatureShards(args.shards, args.limit), args.out, settings, args.resume,
-                              args.warm_start, progress=not args.no_progress)
+                              args.warm_start, progress=not args.no_progress, pca_init=args.pca_init)
     except (ValueError, FpnlinkError, OSError) as exc:
         return _fail("train-xscale", exc)
     print(json.dumps({**logged, "checkpoint": str(args.out), "seconds": round(time.perf_counter() - started, 1)}))

@@ -39,8 +39,13 @@ ALIGN = 8
 GAIN_BASE, GAIN_SPAN = 0.02, 80.0
 """Initial gains of a new model: level 0 quantises 50x more coarsely than unit gain, the top level ~1.6x more
 finely. Warm-started gains (span 5x) left the lowest level at 2.3 bpp; gains learn too slowly to move 10x."""
-GAIN_LR_SCALE = 10.0
-"""The gains' learning rate relative to the other parameters' (they live in the log domain)."""
+INITIAL_SCALE_INDEX = 12
+"""Scale-table index (sigma 0.48) the integer scale network of a new model starts at; at the table's middle
+(sigma 5.6) a new PCA-initialised model spent ~120 bits per P2 position on mostly-zero latents."""
+LR_SCALES = {".h_s.": 3.0}
+"""Learning rates relative to ``lr`` by parameter-name part. The integer scale network's weights are multiples
+of 1/64: at ``lr`` alone they rarely cross a rounding step. 30x diverged within 600 steps, and so did 10x on the
+gains (their log-domain steps outran the inverse gains)."""
 
 
 FPN_READERS = {
@@ -109,6 +114,17 @@ class XScaleSettings:
     context: bool = True
 
 
+def pca_bases(shards: FeatureShards, mean: Tensor, std: Tensor, components: int, items: int = 200) -> Tensor:
+    """``[4, C, components]`` top principal directions of each scale's normalised features (first ``items``)."""
+    bases = []
+    for scale, name in enumerate(TRANSMITTED_SCALES):
+        values = torch.cat([t.float().flatten(1) for t in shards.features[name][:items]], dim=1)
+        values = (values - mean[scale][:, None]) / std[scale][:, None]
+        _, vectors = torch.linalg.eigh(values @ values.T / values.shape[1])
+        bases.append(vectors[:, -components:].flip(-1))
+    return torch.stack(bases)
+
+
 def aligned_crops(maps: dict[str, list[Tensor]], batch: int, crop: int, generator: torch.Generator,
                   ) -> list[Tensor]:
     """Random items, one P2 window of ``crop`` (a multiple of 8) and the same window on P3..P5."""
@@ -126,12 +142,13 @@ def aligned_crops(maps: dict[str, list[Tensor]], batch: int, crop: int, generato
 
 
 def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, resume: bool = False,
-                 warm_start: Path | None = None, progress: bool = True) -> dict[str, Any]:
+                 warm_start: Path | None = None, progress: bool = True, pca_init: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a cross-scale model; appends its logged means to ``out``.log.
 
     Args:
         warm_start: a ``learned`` checkpoint whose matching tensors (analysis, hyperprior, gains) start a
             new model.
+        pca_init: start a new model's transforms as a PCA coder (``CrossScaleHyperprior.init_from_pca``).
     """
     from tqdm import tqdm
 
@@ -156,6 +173,10 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
         model = CrossScaleHyperprior(config)
         model.set_normalisation(*shards.normalisation())
         model.gains = GainUnits(config.num_scales, config.num_gains, config.latent, span=GAIN_SPAN, base=GAIN_BASE)
+        if pca_init:
+            model.init_from_pca(pca_bases(shards, model.feature_mean, model.feature_std, config.latent // 4))
+        for branch in model.branches:
+            torch.nn.init.constant_(branch.h_s.layers[-1].bias, INITIAL_SCALE_INDEX)
         if warm_start is not None:
             copied = model.warm_start(load_model(warm_start), skip=("gains.",))
             logged_start = {"warm_start": str(warm_start), "tensors": len(copied)}
@@ -163,11 +184,13 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
             with log.open("a") as f:
                 f.write(json.dumps(logged_start) + "\n")
     model.train()
-    trained = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    optimizer = torch.optim.Adam([
-        {"params": [p for n, p in trained if not n.startswith("gains.")], "scale": 1.0},
-        {"params": [p for n, p in trained if n.startswith("gains.")], "scale": GAIN_LR_SCALE},
-    ], lr=settings.lr)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not name.endswith("quantiles"):
+            scale = next((v for part, v in LR_SCALES.items() if part in f".{name}"), 1.0)
+            groups.setdefault(scale, []).append(param)
+    optimizer = torch.optim.Adam([{"params": params, "scale": scale} for scale, params in sorted(groups.items())],
+                                 lr=settings.lr)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     manifest = shards.manifest
