@@ -4,10 +4,10 @@ from .base import DTYPES, FeatureCodec, ScaleRecord
 from .learned import LearnedCodec
 from .quant import QuantCodec
 from .raw import Raw16Codec, RawCodec
-from .registry import available_codecs, codec_has_weights, make_codec, register_codec
+from .registry import DEFAULT_LEARNED_CODEC, available_codecs, codec_has_weights, make_codec, register_codec
 from .xscale import CrossScaleCodec
 
 __all__ = [
-    "DTYPES", "CrossScaleCodec", "FeatureCodec", "LearnedCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
+    "DEFAULT_LEARNED_CODEC", "DTYPES", "CrossScaleCodec", "FeatureCodec", "LearnedCodec", "QuantCodec", "Raw16Codec", "RawCodec", "ScaleRecord",
     "available_codecs", "codec_has_weights", "make_codec", "register_codec",
 ]

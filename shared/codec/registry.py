@@ -10,6 +10,9 @@ from ..errors import UnsupportedError
 from .base import FeatureCodec
 
 _CODECS: dict[str, Callable[..., FeatureCodec]] = {}
+DEFAULT_LEARNED_CODEC = "learned"
+"""The learned codec the product and its benchmarks use unless told otherwise (``xscale`` once its production
+checkpoint ships: see NOTES.md)."""
 T = TypeVar("T", bound=Callable[..., FeatureCodec])
 
 

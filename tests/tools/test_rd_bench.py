@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fpnlink.shared.model import ModelConfig, load_bundle
+from fpnlink.tools import image_coding
 from fpnlink.tools.bench import rd, rd_report
 from fpnlink.tools.cli import build_parser
 from fpnlink.tools.evaluation import METRICS
@@ -140,8 +141,8 @@ class TestPieces:
     def test_image_round_trip(self) -> None:
         array = (torch.rand(32, 48, 3) * 255).to(torch.uint8).numpy()
         for fmt in rd.IMAGE_FORMATS.values():
-            small, large = rd.encode_image(array, fmt, 10), rd.encode_image(array, fmt, 90)
-            assert len(small) < len(large) and rd.decode_image(large).shape == (32, 48, 3)
+            small, large = image_coding.encode_image(array, fmt, 10), image_coding.encode_image(array, fmt, 90)
+            assert len(small) < len(large) and image_coding.decode_image(large).shape == (32, 48, 3)
 
     def test_shared_heads_equal_separate_heads(self, tiny_image: torch.Tensor) -> None:
         bundle = load_bundle("random:0", ModelConfig(min_size=NET, max_size=NET, detections_per_img=3,

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...shared.codec import make_codec
+from ...shared.codec import DEFAULT_LEARNED_CODEC, make_codec
 from ...shared.errors import FpnlinkError
 from ...shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
 from ..codec.crosscheck import cross_process_check
@@ -43,7 +43,6 @@ from .common import machine, median_ms, timed, write_json
 
 HELDOUT_SEED = 90_001
 """Seed of the held-out scenes (training scenes use small seeds)."""
-DEFAULT_CODEC = "xscale"
 DEFAULT_WEIGHTS = "random:0"
 DEFAULT_RD_SIZE = 512
 
@@ -68,7 +67,7 @@ def _heldout(weights: str, size: int, count: int) -> FeatureShards:
 
 
 def run_codec_bench(quick: bool, ckpt: Path | None, json_path: Path, weights: str | None = None,
-                    rd_size: int | None = None, codec_name: str = DEFAULT_CODEC) -> dict[str, Any]:
+                    rd_size: int | None = None, codec_name: str = DEFAULT_LEARNED_CODEC) -> dict[str, Any]:
     """Run the benchmark, write ``json_path`` and return the report (see the module docstring)."""
     codec = make_codec(codec_name, ckpt)
     checkpoint = codec.checkpoint
@@ -120,8 +119,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add ``fpnlink bench codec``."""
     p = bench_subparsers.add_parser("codec", help="learned codec: BD-rate vs quant, determinism, speed vs backbone")
     p.add_argument("--quick", action="store_true", help="512x512 timing, 2 held-out images")
-    p.add_argument("--codec", default=DEFAULT_CODEC, choices=("xscale", "learned"), help="codec benchmarked "
-                   f"(default {DEFAULT_CODEC})")
+    p.add_argument("--codec", default=DEFAULT_LEARNED_CODEC, choices=("xscale", "learned"), help="codec benchmarked "
+                   f"(default {DEFAULT_LEARNED_CODEC})")
     p.add_argument("--ckpt", type=Path, help="its checkpoint (default: the codec's shipped one)")
     p.add_argument("--json", type=Path, required=True, help="report to write")
     p.add_argument("--weights", help="backbone (default: the one the checkpoint was trained on, else random:0)")

@@ -4,7 +4,8 @@ Configurations, each at several rate points on a dataset split (``val`` by defau
 
     (a) raw16            fp16 features P2..P5 (one point)
     (b) quant_uniform    quant codec, the same bit depth on every scale (phi = bits 2..8)
-    (c) learned_uniform  learned codec, the same phi on every scale, spread over its phi_range; skipped
+    (c) learned_uniform  learned codec (``--learned-codec``, default ``xscale``), the same phi on every
+                         scale, spread over its phi_range; skipped
                          (with the reason) when no learned checkpoint loads
     (d) mfiba_full       learned codec (quant when (c) is skipped: the report says which) with MFIBA
         mfiba_fast       allocation, full or fast MFIP; each frame's budget = the bytes (c) (or (b)) spent
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import math
 import statistics
 import sys
@@ -56,19 +56,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import RoIHeads
+from torch import Tensor
 from tqdm import tqdm
 
-from fpnlink.shared.codec import FeatureCodec, make_codec
+from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, FeatureCodec, make_codec
 from fpnlink.shared.errors import FpnlinkError
 from fpnlink.shared.mfiba import FullMfip, Profile, RateController, calibrate, load_profile, quality_levels
 from fpnlink.shared.model import (
-    TASK_ARCH, TRANSMITTED_SCALES, CloudHalf, EdgeHalf, ModelBundle, ModelConfig, load_bundle,
+    TASK_ARCH, TRANSMITTED_SCALES, CloudHalf, EdgeHalf, ModelBundle, ModelConfig, load_bundle, shared_cloud_half,
 )
 from fpnlink.shared.wire import FrameHeader, build_frame
 
+from ..image_coding import decode_image, encode_image
 from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset, to_tensor
 from ..devices import resolve_device
 from .common import machine, median_ms, write_json
@@ -97,7 +96,8 @@ class RdSettings:
         data: synthetic dataset folder or COCO 2017 folder.
         weights: ``random:SEED``, ``synthetic``, ``coco`` or a bundle path.
         out: report directory.
-        learned_ckpt: learned-codec checkpoint; ``None`` the shipped default, ``"none"`` to skip (c).
+        learned_codec: which learned codec (c) and (d) use.
+        learned_ckpt: its checkpoint; ``None`` the shipped default, ``"none"`` to skip (c).
         size: network input size (synthetic: the images' side; COCO: torchvision's 800/1333).
         mfip_tasks: tasks whose losses define MFIP importance (within each stream's tasks).
         max_batch: most variants per heads call.
@@ -112,6 +112,7 @@ class RdSettings:
     images: int | None = None
     rate_points: int | None = None
     profile: Path | None = None
+    learned_codec: str = DEFAULT_LEARNED_CODEC
     learned_ckpt: str | None = None
     split: str = "val"
     size: int | None = None
@@ -165,7 +166,7 @@ class Stream:
 
     Attributes:
         clouds: arch -> its cloud half; or, when the archs share their RPN and box head
-            (:func:`shared_cloud_half`), ``{"shared": one cloud half with every branch}``.
+            (:func:`fpnlink.shared.model.shared_cloud_half`), ``{"shared": one cloud half with every branch}``.
     """
 
     index: int
@@ -180,54 +181,6 @@ class Stream:
         return [ARCH_METRIC[a] for a in self.archs]
 
 
-def _same_weights(first: nn.Module, second: nn.Module) -> bool:
-    a, b = first.state_dict(), second.state_dict()
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
-
-
-def shared_cloud_half(bundle: ModelBundle, archs: list[str]) -> CloudHalf | None:
-    """One cloud half producing boxes, masks and keypoints at once, when ``archs`` share RPN and box head.
-
-    fpnlink bundles train one RPN and one box head for all three tasks (``fpnlink train``), so the three
-    models' detections are the same boxes; running the RPN and box head once and attaching the mask
-    and keypoint branches to it (as torchvision's ``mask_rcnn.py`` attaches its branch) gives each
-    model's exact output at about 60% of the cost. ``None`` when weights or settings differ (COCO).
-    """
-    if len(archs) < 2:
-        return None
-    models = [bundle.models[a] for a in archs]
-    base = models[0]
-    heads = base.roi_heads
-    for other in models[1:]:
-        same_settings = (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (
-            other.roi_heads.score_thresh, other.roi_heads.nms_thresh, other.roi_heads.detections_per_img)
-        same_weights = all(_same_weights(x, y) for x, y in (
-            (base.rpn, other.rpn), (heads.box_head, other.roi_heads.box_head),
-            (heads.box_predictor, other.roi_heads.box_predictor)))
-        if not (same_settings and _same_transform(base, other) and same_weights):
-            return None
-    mask = bundle.models["mask"].roi_heads if "mask" in archs else None
-    keypoint = bundle.models["keypoint"].roi_heads if "keypoint" in archs else None
-    roi_heads = RoIHeads(
-        heads.box_roi_pool, heads.box_head, heads.box_predictor,
-        heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
-        heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction, heads.box_coder.weights,
-        heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
-        mask_roi_pool=mask.mask_roi_pool if mask else None, mask_head=mask.mask_head if mask else None,
-        mask_predictor=mask.mask_predictor if mask else None,
-        keypoint_roi_pool=keypoint.keypoint_roi_pool if keypoint else None,
-        keypoint_head=keypoint.keypoint_head if keypoint else None,
-        keypoint_predictor=keypoint.keypoint_predictor if keypoint else None,
-    )
-    return CloudHalf(base.rpn, roi_heads, base.transform).eval()
-
-
-def _same_transform(first: nn.Module, second: nn.Module) -> bool:
-    a, b = first.transform, second.transform
-    return (tuple(a.min_size), a.max_size, list(a.image_mean), list(a.image_std), a.size_divisible, a.fixed_size) == (
-        tuple(b.min_size), b.max_size, list(b.image_mean), list(b.image_std), b.size_divisible, b.fixed_size)
-
-
 def make_streams(bundle: ModelBundle, share_heads: bool = True) -> list[Stream]:
     groups: dict[str, list[str]] = defaultdict(list)
     for arch in bundle.models:
@@ -235,34 +188,22 @@ def make_streams(bundle: ModelBundle, share_heads: bool = True) -> list[Stream]:
     streams = []
     for index, (fingerprint, archs) in enumerate(groups.items()):
         tasks = [ARCH_TASK[a] for a in archs]
-        shared = shared_cloud_half(bundle, archs) if share_heads else None
+        shared = shared_cloud_half([bundle.models[a] for a in archs]) if share_heads else None
         clouds = {"shared": shared} if shared is not None else {a: bundle.cloud_half(a).eval() for a in archs}
         streams.append(Stream(index, archs, tasks, fingerprint, bundle.edge_half(tasks).eval(), clouds))
     return streams
 
 
-def load_learned(checkpoint: str | None, device: torch.device | str = "cpu") -> tuple[FeatureCodec | None, str | None]:
-    """The learned codec, or ``None`` and why it is unavailable."""
+def load_learned(checkpoint: str | None, device: torch.device | str = "cpu", name: str = DEFAULT_LEARNED_CODEC,
+                 ) -> tuple[FeatureCodec | None, str | None]:
+    """The learned codec ``name``, or ``None`` and why it is unavailable."""
     if checkpoint is not None and checkpoint.lower() == "none":
         return None, "disabled with --learned-ckpt none"
     try:
-        return make_codec("learned", checkpoint=checkpoint, device=device), None
+        return make_codec(name, checkpoint=checkpoint, device=device), None
     except (FpnlinkError, OSError, ImportError, RuntimeError, ValueError) as exc:
         text = " ".join(str(exc).split())
         return None, f"no usable learned checkpoint ({checkpoint or 'the shipped default'}): {text[:300]}"
-
-
-def encode_image(array: np.ndarray, fmt: str, quality: int) -> bytes:
-    """``[H, W, 3]`` uint8 RGB as a JPEG or WebP file (PIL, 4:2:0, Huffman-optimised JPEG)."""
-    buffer = io.BytesIO()
-    options = {"optimize": True} if fmt == "JPEG" else {"method": 4}
-    Image.fromarray(array).save(buffer, format=fmt, quality=int(quality), **options)
-    return buffer.getvalue()
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB")).copy()
 
 
 class StageTimer:
@@ -353,7 +294,7 @@ class RdBench:
         self.codecs: dict[str, FeatureCodec] = {"raw16": make_codec("raw16"), "quant_uniform": make_codec("quant")}
         learned, reason = None, None
         if wanted & {"learned_uniform", "mfiba_full", "mfiba_fast"}:
-            learned, reason = load_learned(self.s.learned_ckpt, self.device)
+            learned, reason = load_learned(self.s.learned_ckpt, self.device, self.s.learned_codec)
         if learned is not None:
             self.codecs["learned_uniform"] = learned
         elif "learned_uniform" in wanted:
@@ -661,7 +602,7 @@ class RdBench:
         return {
             "ran": True,
             "codec": setup.codec.name,
-            "codec_choice": ("learned (c) available" if setup.codec.name == "learned" else
+            "codec_choice": (f"{setup.codec.name} (c) available" if setup.codec.name != "quant" else
                              f"quant: learned unavailable ({self.skipped.get('learned_uniform', 'not requested')})"),
             "budgets_matched_to": setup.anchor,
             "profiles": {str(i): {"source": m.profile_source, "tasks": list(m.profile.tasks),
@@ -716,7 +657,8 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = RdSettings(
         data=args.data, weights=args.weights, out=args.out, quick=args.quick, json_path=args.json,
-        images=args.images, rate_points=args.rate_points, profile=args.profile, learned_ckpt=args.learned_ckpt,
+        images=args.images, rate_points=args.rate_points, profile=args.profile, learned_codec=args.learned_codec,
+        learned_ckpt=args.learned_ckpt,
         split=args.split, size=args.size, fps=args.fps, calib_images=args.calib_images, mfip_levels=args.mfip_levels,
         mfip_tasks=tuple(t.strip() for t in args.mfip_tasks.split(",") if t.strip()),
         detections_per_img=args.detections_per_img, max_batch=args.max_batch, device=args.device,
@@ -748,7 +690,9 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, help="evaluate the first N images of the split (quick 8, else all)")
     parser.add_argument("--rate-points", type=int, help="rate points per configuration, 2..7 (quick 3, else 5)")
     parser.add_argument("--profile", type=Path, help="MFIBA profile (`fpnlink mfiba calibrate`); else calibrated here")
-    parser.add_argument("--learned-ckpt", help="learned-codec checkpoint (default: the shipped one; 'none' skips it)")
+    parser.add_argument("--learned-codec", default=DEFAULT_LEARNED_CODEC, choices=("xscale", "learned"),
+                        help=f"learned codec of (c) and (d) (default {DEFAULT_LEARNED_CODEC})")
+    parser.add_argument("--learned-ckpt", help="its checkpoint (default: the shipped one; 'none' skips it)")
     parser.add_argument("--split", default="val", choices=("val", "test"), help="synthetic split (COCO: val)")
     parser.add_argument("--size", type=int, help="network input size (default: image side; COCO 800)")
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate for kbps")

@@ -47,7 +47,7 @@ def bd_between(configs: dict[str, Any], anchor: str, test: str, metric: str) -> 
 def bd_rate_report(configs: dict[str, Any]) -> dict[str, Any]:
     """The headline BD-rates and the full table (every configuration against each anchor, per task)."""
     mfiba_codec = configs["mfiba_full"].get("codec") or configs["mfiba_fast"].get("codec")
-    uniform = "learned_uniform" if mfiba_codec == "learned" else "quant_uniform"
+    uniform = "learned_uniform" if mfiba_codec not in (None, "quant") else "quant_uniform"
     features = next((c for c in ("mfiba_full", "mfiba_fast", "learned_uniform", "quant_uniform")
                      if not configs[c]["skipped"]), "mfiba_full")
     out: dict[str, Any] = {"method": "pchip over log10(bpp), monotone envelope of each curve",
