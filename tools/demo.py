@@ -1,7 +1,8 @@
 """``fpnlink demo``: the cloud in-process on loopback, the edge streaming generated scenes to it.
 
 Writes ``DIR/inputs/*.png`` (the scenes), ``DIR/annotated/*.png`` (results drawn), ``DIR/results.jsonl``
-(one line per frame) and ``DIR/summary.json``, and prints a per-frame table.
+(one line per frame) and ``DIR/summary.json``, and prints a per-frame table. Each frame's feature bytes
+stand next to the bytes of a quality-75 JPEG of the same image, the upload fpnlink replaces.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from PIL import Image
 from fpnlink.cloud.service import CloudService
 from fpnlink.cloud.settings import CloudSettings
 from fpnlink.edge import Client, EdgeAgent, EncodedFrame
-from fpnlink.shared.codec import available_codecs, make_codec
+from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, available_codecs, make_codec
 from fpnlink.shared.errors import WeightsError
 from fpnlink.shared.model import TASKS, ModelBundle, ModelConfig, load_bundle
 from fpnlink.shared.wire import result_to_dict
 
 from .draw import annotate
+from .image_coding import encode_image
 from .synth import render_scene
 
+JPEG_QUALITY = 75
+"""The image upload the demo compares every frame with."""
 UNTRAINED_NOTICE = (
     "\n" + "!" * 96 + "\n"
     "!!  UNTRAINED WEIGHTS ({weights}): detections below are noise from a randomly initialised model.\n"
@@ -57,7 +61,13 @@ def generate_scenes(out_dir: Path, count: int, size: int, seed: int) -> list[tup
     return scenes
 
 
-def _row(name: str, encoded: EncodedFrame, result: dict, transport_ms: float) -> dict:
+def jpeg_bytes(image: torch.Tensor, quality: int = JPEG_QUALITY) -> int:
+    """Size of a ``[3, H, W]`` float image in [0, 1] as a JPEG file."""
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return len(encode_image(array, "JPEG", quality))
+
+
+def _row(name: str, encoded: EncodedFrame, result: dict, transport_ms: float, jpeg: int) -> dict:
     cloud = result["stage_ms"]
     stages = {
         "backbone": encoded.stage_ms["backbone"],
@@ -72,6 +82,8 @@ def _row(name: str, encoded: EncodedFrame, result: dict, transport_ms: float) ->
         "frame_bytes": result["frame_bytes"],
         "raw_feature_bytes": encoded.raw_feature_bytes,
         "ratio": encoded.raw_feature_bytes / max(result["frame_bytes"], 1),
+        "jpeg75_bytes": jpeg,
+        "vs_jpeg75": result["frame_bytes"] / max(jpeg, 1),
         "stage_ms": {k: round(v, 1) for k, v in stages.items()},
         "detections": {task: len(result.get(task, [])) for task in TASKS if task in result},
         "error": result.get("error"),
@@ -80,14 +92,15 @@ def _row(name: str, encoded: EncodedFrame, result: dict, transport_ms: float) ->
 
 
 def _print_table(rows: list[dict]) -> None:
-    header = (f"{'image':<10} {'bytes':>10} {'raw':>11} {'ratio':>6} {'backbone':>9} {'encode':>7} "
-              f"{'transp':>7} {'decode':>7} {'heads':>8}  detections")
+    header = (f"{'image':<10} {'bytes':>10} {'jpeg q75':>9} {'/jpeg':>6} {'raw':>11} {'ratio':>6} {'backbone':>9} "
+              f"{'encode':>7} {'transp':>7} {'decode':>7} {'heads':>8}  detections")
     print(header)
     print("-" * len(header))
     for row in rows:
         ms = row["stage_ms"]
         found = " ".join(f"{task}={n}" for task, n in row["detections"].items()) or f"ERROR {row['error']}"
-        print(f"{row['image']:<10} {row['frame_bytes']:>10,} {row['raw_feature_bytes']:>11,} {row['ratio']:>6.1f} "
+        print(f"{row['image']:<10} {row['frame_bytes']:>10,} {row['jpeg75_bytes']:>9,} {row['vs_jpeg75']:>6.2f} "
+              f"{row['raw_feature_bytes']:>11,} {row['ratio']:>6.1f} "
               f"{ms['backbone']:>9.0f} {ms['encode']:>7.0f} {ms['transport']:>7.0f} {ms['decode']:>7.0f} "
               f"{ms['heads']:>8.0f}  {found}")
 
@@ -112,6 +125,8 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with CloudService(settings, bundle_loader=lambda _: bundle).run_in_background() as cloud:
         print(f"cloud up on loopback: gRPC :{cloud.grpc_port}, REST :{cloud.http_port} (weights {bundle.weights})")
+        print(f"operating point: codec {codec.name} ({codec.fingerprint}), phi {phi:g} on every scale, "
+              f"{config.min_size} px input")
         agent = EdgeAgent(bundle, codec, tasks, stream_id="demo")
         encoded: dict[int, EncodedFrame] = {}
 
@@ -134,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 waited_ms = max(previous_arrival - sent, 0.0) * 1e3
                 transport_ms = max(reply.round_trip_ms - waited_ms - result["stage_ms"].get("total", 0.0), 0.0)
                 previous_arrival = arrival
-                row = _row(name, encoded[result["frame_id"]], result, transport_ms)
+                row = _row(name, encoded[result["frame_id"]], result, transport_ms, jpeg_bytes(image))
                 rows.append(row)
                 jsonl.write(json.dumps(row) + "\n")
                 jsonl.flush()
@@ -155,10 +170,14 @@ def run_demo(args: argparse.Namespace) -> int:
         "errors": sum(1 for r in rows if r["error"]),
         "total_frame_bytes": sum(r["frame_bytes"] for r in rows),
         "total_raw_feature_bytes": sum(r["raw_feature_bytes"] for r in rows),
+        "total_jpeg75_bytes": sum(r["jpeg75_bytes"] for r in rows),
         "wall_s": round(time.perf_counter() - started, 2),
         "per_frame": [{k: v for k, v in r.items() if k != "result"} for r in rows],
     }
+    summary["bytes_over_jpeg75"] = round(summary["total_frame_bytes"] / max(summary["total_jpeg75_bytes"], 1), 3)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"features: {summary['total_frame_bytes']:,} bytes over {len(rows)} frames; quality-75 JPEG of the same "
+          f"images: {summary['total_jpeg75_bytes']:,} bytes; features / JPEG = {summary['bytes_over_jpeg75']:.3f}")
     if not bundle.trained:
         print(UNTRAINED_NOTICE.format(weights=bundle.weights))
     print(f"wrote {out / 'summary.json'}, {out / 'results.jsonl'} and {len(rows)} annotated images in {out / 'annotated'}")
@@ -171,7 +190,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--weights", default="auto",
                         help="auto (synthetic if present, else random:0), synthetic, coco, random:SEED or a checkpoint")
-    parser.add_argument("--codec", default="quant", choices=available_codecs(), help="feature codec (default quant)")
+    parser.add_argument("--codec", default=DEFAULT_LEARNED_CODEC, choices=available_codecs(),
+                        help=f"feature codec (default {DEFAULT_LEARNED_CODEC}, with its shipped weights)")
     parser.add_argument("--phi", type=float, default=None, help="rate parameter for every scale (codec default)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: detect,segment,keypoints")
     parser.add_argument("--images", type=int, default=4, help="number of generated scenes")
