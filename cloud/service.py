@@ -29,7 +29,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from fpnlink.shared.codec import available_codecs, codec_has_weights, make_codec
+from fpnlink.shared.codec import available_codecs, codec_for_checkpoint, make_codec
 from fpnlink.shared.errors import NotReadyError
 from fpnlink.shared.model import ModelBundle, load_bundle
 from fpnlink.shared.wire import pb
@@ -226,7 +226,9 @@ class CloudService:
                            UNTRAINED_BANNER, bundle.weights, UNTRAINED_BANNER)
         codecs = None  # every registered codec with its defaults
         if settings.codecs is not None or settings.codec_checkpoint is not None:
-            codecs = {name: make_codec(name, settings.codec_checkpoint if codec_has_weights(name) else None)
+            # the checkpoint goes to the codec it was trained for; other weighted codecs keep their defaults
+            owner = codec_for_checkpoint(settings.codec_checkpoint) if settings.codec_checkpoint else None
+            codecs = {name: make_codec(name, settings.codec_checkpoint if name == owner else None)
                       for name in settings.codecs or available_codecs()}
         engine = CloudEngine(bundle, codecs, settings.max_frame_bytes, num_threads=settings.threads,
                              device=settings.device, cache_size=settings.cache_size)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import UnsupportedError
+from ..errors import UnsupportedError, WeightsError
 from .base import FeatureCodec
 
 _CODECS: dict[str, Callable[..., FeatureCodec]] = {}
@@ -52,3 +52,18 @@ def codec_has_weights(name: str) -> bool:
 
 def available_codecs() -> list[str]:
     return sorted(_CODECS)
+
+
+def codec_for_checkpoint(checkpoint: str | Path) -> str:
+    """The registered codec whose checkpoints have ``checkpoint``'s format; :class:`WeightsError` otherwise."""
+    import torch
+
+    try:
+        found = torch.load(checkpoint, map_location="cpu", weights_only=True).get("format")
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise WeightsError(f"cannot read codec checkpoint {checkpoint}: {exc}") from exc
+    formats = {factory.model_class().checkpoint_format: name
+               for name, factory in _CODECS.items() if codec_has_weights(name)}
+    if found not in formats:
+        raise WeightsError(f"{checkpoint}: checkpoint format {found!r} is none of {sorted(formats)}")
+    return formats[found]

@@ -109,11 +109,23 @@ class TestReadiness:
         served = {c.name: c.fingerprint for c in caps.codecs}
         assert served["learned"] == LearnedCodec(TINY_CHECKPOINT).fingerprint
 
+    def test_codec_checkpoint_goes_to_the_codec_it_was_trained_for(self, tiny_bundle):
+        from fpnlink.shared.codec import CrossScaleCodec
+        from fpnlink.shared.codec.xscale import TINY_CHECKPOINT as XSCALE_TINY
+
+        settings = loopback_settings(codecs=["learned", "xscale"], codec_checkpoint=XSCALE_TINY)
+        with CloudService(settings, bundle_loader=lambda _: tiny_bundle).run_in_background() as handle:
+            with grpc.insecure_channel(handle.grpc_target) as channel:
+                caps = pb_grpc.FeatureLinkStub(channel).GetCapabilities(pb.CapabilitiesRequest(), timeout=5)
+        served = {c.name: c.fingerprint for c in caps.codecs}
+        assert served["xscale"] == CrossScaleCodec(XSCALE_TINY).fingerprint
+        assert served["learned"] == LearnedCodec().fingerprint
+
     def test_unloadable_codec_checkpoint_fails_setup(self, tiny_bundle, tmp_path):
         broken = tmp_path / "codec.pt"
         broken.write_bytes(b"not a checkpoint")
         service = CloudService(loopback_settings(codec_checkpoint=broken), bundle_loader=lambda _: tiny_bundle)
-        with pytest.raises(WeightsError, match="cannot load learned-codec checkpoint"):
+        with pytest.raises(WeightsError, match="cannot read codec checkpoint"):
             service.run_in_background(wait_ready=True, timeout=30)
 
 
