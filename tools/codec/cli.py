@@ -104,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     }.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(xdefaults, name),
                        help=f"{text} (default {getattr(xdefaults, name):g})")
-    p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in xdefaults.lambdas),
-                   help="distortion weight per gain level, comma-separated (count sets N)")
+    p.add_argument("--lambdas", help="distortion weight per gain level, comma-separated (count sets N; default "
+                   f"{','.join(f'{v:g}' for v in xdefaults.lambdas)}); with --resume, new weights for the stored levels")
     p.add_argument("--no-context", action="store_true", help="cut the cross-scale decoder path (ablation)")
     p.add_argument("--warm-start", type=Path, help="a learned-codec checkpoint to start the analysis and hyperprior from")
     p.add_argument("--pca-init", action="store_true", help="start the transforms as a PCA coder (latent/4 components "
@@ -182,15 +182,16 @@ def _run_train_xscale(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        lambdas = tuple(_floats(args.lambdas))
-        if len(lambdas) < 2 or min(lambdas) <= 0:
+        lambdas = None if args.lambdas is None else tuple(_floats(args.lambdas))
+        if lambdas is not None and (len(lambdas) < 2 or min(lambdas) <= 0):
             raise ValueError(f"--lambdas needs at least two positive values, got {args.lambdas!r}")
         settings = XScaleSettings(**{f.name: getattr(args, f.name) for f in fields(XScaleSettings)
                                      if f.name not in ("lambdas", "context")},
-                                  lambdas=lambdas, context=not args.no_context)
+                                  lambdas=lambdas or XScaleSettings.lambdas, context=not args.no_context)
         started = time.perf_counter()
         logged = train_xscale(FeatureShards(args.shards, args.limit), args.out, settings, args.resume,
-                              args.warm_start, progress=not args.no_progress, pca_init=args.pca_init)
+                              args.warm_start, progress=not args.no_progress, pca_init=args.pca_init,
+                              retarget=lambdas if args.resume else None)
     except (ValueError, FpnlinkError, OSError) as exc:
         return _fail("train-xscale", exc)
     print(json.dumps({**logged, "checkpoint": str(args.out), "seconds": round(time.perf_counter() - started, 1)}))

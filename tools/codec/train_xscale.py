@@ -101,7 +101,7 @@ class XScaleSettings:
     batch: int = 12
     lr: float = 3e-4
     crop: int = 32
-    lambdas: tuple[float, ...] = (0.25, 2.0, 16.0, 128.0, 1024.0)
+    lambdas: tuple[float, ...] = (0.1, 0.5, 2.5, 12.0, 60.0)
     task_weight: float = 0.8
     starve: float = 0.15
     save_every: int = 100
@@ -142,13 +142,15 @@ def aligned_crops(maps: dict[str, list[Tensor]], batch: int, crop: int, generato
 
 
 def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, resume: bool = False,
-                 warm_start: Path | None = None, progress: bool = True, pca_init: bool = False) -> dict[str, Any]:
+                 warm_start: Path | None = None, progress: bool = True, pca_init: bool = False,
+                 retarget: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a cross-scale model; appends its logged means to ``out``.log.
 
     Args:
         warm_start: a ``learned`` checkpoint whose matching tensors (analysis, hyperprior, gains) start a
             new model.
         pca_init: start a new model's transforms as a PCA coder (``CrossScaleHyperprior.init_from_pca``).
+        retarget: on resume, new distortion weights for the stored gain levels (as many).
     """
     from tqdm import tqdm
 
@@ -162,8 +164,11 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
         model = CrossScaleHyperprior.from_checkpoint(blob)
         state = blob["train"]
         stored = {k: tuple(v) if isinstance(v, list) else v for k, v in state["settings"].items()}
+        lambdas = retarget if retarget is not None else stored["lambdas"]
+        if len(lambdas) != len(stored["lambdas"]):
+            raise ValueError(f"--lambdas: the checkpoint has {len(stored['lambdas'])} gain levels, got {len(lambdas)}")
         settings = XScaleSettings(**{**stored, "steps": settings.steps, "max_minutes": settings.max_minutes,
-                                     "save_every": settings.save_every})
+                                     "save_every": settings.save_every, "lambdas": tuple(lambdas)})
         start = int(state["step"])
         generator.set_state(state["generator"])
     else:
