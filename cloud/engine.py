@@ -4,8 +4,13 @@ Built once per process (weights loaded by the caller) and shared by the gRPC ser
 
     frame bytes ─> decode_frame ─> parse_frame ─> codec known? ─> codec fingerprint ─> backbone fingerprint
                                                                                             │
-    Result <─ task_result per task <─ cloud_half(arch) per task <─ float32 P2..P5 <─ codec.decode
+    Result <─ task_result per task <─ cloud half(s) <─ float32 P2..P5 <─ codec.decode
              (stage_ms: decode, heads, total)
+
+When the architectures of a frame's tasks share backbone, RPN and box head (fpnlink bundles such as
+``synthetic``), one shared pass (:func:`fpnlink.shared.model.shared_cloud_half`) runs RPN and box head once
+and every task's branch on its detections; otherwise (torchvision's COCO models) each task runs its own
+cloud half. Which architectures share is decided once, at construction (``shared_heads``, logged).
 
 A frame is idempotent: the same ``(stream_id, frame_id, frame bytes)`` yields the same Result, and a small
 LRU of recent results answers a resent frame without recomputing it.
@@ -14,6 +19,7 @@ LRU of recent results answers a resent frame without recomputing it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -28,6 +34,7 @@ from fpnlink.shared.codec import FeatureCodec, available_codecs, make_codec
 from fpnlink.shared.errors import (BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError,
                                    WeightsError)
 from fpnlink.shared.model import TASK_ARCH, ModelBundle
+from fpnlink.shared.model.shared_pass import compose_shared_half, shares_box_heads
 from fpnlink.shared.model.split import CloudHalf, EdgeHalf, split
 from fpnlink.shared.wire import TASK_TO_PB, parse_frame, pb, task_result
 
@@ -122,6 +129,11 @@ class CloudEngine:
         num_threads: torch intra-op threads (``torch.set_num_threads``); left as is when omitted.
         device: where the heads run; the bundle's models are moved there.
         cache_size: how many recent results are kept for resent frames (0 disables the cache).
+
+    Attributes:
+        shared_heads: True when some architectures share backbone, RPN and box head, so that a frame asking
+            for several of their tasks runs one shared pass (not in Capabilities: the proto has no field).
+        shared_groups: the groups of such architectures (each of two or more, in bundle order).
     """
 
     def __init__(
@@ -154,6 +166,16 @@ class CloudEngine:
         self._edges: dict[str, EdgeHalf] = {arch: edge for arch, (edge, _) in halves.items()}
         self._clouds: dict[str, CloudHalf] = {arch: cloud for arch, (_, cloud) in halves.items()}
         self._channels = {arch: int(model.backbone.out_channels) for arch, model in bundle.models.items()}
+        self.shared_groups = _head_sharing_groups(bundle)
+        self._shared: dict[frozenset[str], CloudHalf] = {}
+        for group in self.shared_groups:
+            for subset in _subsets(group):
+                self._shared[frozenset(subset)] = compose_shared_half([bundle.models[a] for a in subset])
+        if self.shared_groups:
+            logger.info("shared heads: %s run RPN and box head once per frame (one pass for their tasks)",
+                        " / ".join("+".join(group) for group in self.shared_groups))
+        else:
+            logger.info("shared heads: none; every task runs its own cloud half")
         self._cache = _ResultCache(cache_size)
 
     # ----------------------------------------------------------------------------------------- description
@@ -191,6 +213,10 @@ class CloudEngine:
     @property
     def cache_hits(self) -> int:
         return self._cache.hits
+
+    @property
+    def shared_heads(self) -> bool:
+        return bool(self.shared_groups)
 
     # ------------------------------------------------------------------------------------------- frames
 
@@ -291,10 +317,13 @@ class CloudEngine:
                     features, image_sizes, original_sizes = self._edges[arch]([image])
                     by_backbone[fingerprint] = (features, image_sizes[0], original_sizes[0])
         heads_start = time.perf_counter()
-        results = []
-        for task, arch in zip(tasks, archs):
-            features, input_size, original_size = by_backbone[self.bundle.backbone_fingerprints[arch]]
-            results.extend(self._run_heads(features, [task], [arch], input_size, original_size))
+        by_task: dict[str, pb.TaskResult] = {}
+        for fingerprint, (features, input_size, original_size) in by_backbone.items():
+            group = [(t, a) for t, a in zip(tasks, archs) if self.bundle.backbone_fingerprints[a] == fingerprint]
+            group_results = self._run_heads(features, [t for t, _ in group], [a for _, a in group],
+                                            input_size, original_size)
+            by_task.update((t, r) for (t, _), r in zip(group, group_results))
+        results = [by_task[task] for task in tasks]
         end = time.perf_counter()
         return pb.Result(
             results=results,
@@ -321,9 +350,34 @@ class CloudEngine:
         input_size: tuple[int, int],
         original_size: tuple[int, int],
     ) -> list[pb.TaskResult]:
-        out = []
+        """Each task's result: one shared pass for the archs that share their heads, else one half per arch."""
+        outputs: dict[str, dict[str, Tensor]] = {}
         with torch.inference_mode():
-            for task, arch in zip(tasks, archs):
-                detections = self._clouds[arch](features, [input_size], [original_size])[0]
-                out.append(task_result(task, detections, self.bundle.categories[arch]))
-        return out
+            remaining = list(dict.fromkeys(archs))
+            for group in self.shared_groups:
+                members = [a for a in remaining if a in group]
+                if len(members) >= 2:
+                    detections = self._shared[frozenset(members)](features, [input_size], [original_size])[0]
+                    outputs.update((a, detections) for a in members)
+                    remaining = [a for a in remaining if a not in members]
+            for arch in remaining:
+                outputs[arch] = self._clouds[arch](features, [input_size], [original_size])[0]
+        return [task_result(task, outputs[arch], self.bundle.categories[arch]) for task, arch in zip(tasks, archs)]
+
+
+def _head_sharing_groups(bundle: ModelBundle) -> list[tuple[str, ...]]:
+    """Architectures of ``bundle`` that share backbone, RPN and box head, in groups of two or more."""
+    groups: list[list[str]] = []
+    for arch in bundle.models:
+        for group in groups:
+            if shares_box_heads([bundle.models[group[0]], bundle.models[arch]]):
+                group.append(arch)
+                break
+        else:
+            groups.append([arch])
+    return [tuple(group) for group in groups if len(group) >= 2]
+
+
+def _subsets(group: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every sub-tuple of ``group`` with two or more members, in group order."""
+    return [subset for size in range(2, len(group) + 1) for subset in itertools.combinations(group, size)]

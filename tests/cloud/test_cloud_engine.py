@@ -6,15 +6,15 @@ import copy
 
 import pytest
 import torch
-from cloud_helpers import BAD_CASE_NAMES, bad_cases, make_frame
+from cloud_helpers import BAD_CASE_NAMES, IMAGE_SHAPE, EdgeOutput, bad_cases, make_frame
 
 from fpnlink.cloud import CloudEngine, decode_frame, frame_digest
 from fpnlink.cloud.engine import _ResultCache
 from fpnlink.cloud.errors import status_for
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
-from fpnlink.shared.model import ModelBundle
-from fpnlink.shared.wire import pb
+from fpnlink.shared.model import TASK_ARCH, ModelBundle, ModelConfig, load_bundle
+from fpnlink.shared.wire import pb, task_result
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,80 @@ class TestBackbones:
         # analyze_image runs each backbone once and serves both tasks.
         result = engine.analyze_image(torch.rand(3, 64, 64), ["detect", "segment"])
         assert [r.task for r in result.results] == [pb.DETECT, pb.SEGMENT]
+
+
+class _Counting(torch.nn.Module):
+    """A cloud half that counts its calls."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.inner(*args)
+
+
+@pytest.fixture(scope="module")
+def synthetic_bundle() -> ModelBundle:
+    """fpnlink's reference weights at 128 px: the three archs share backbone, RPN and box head."""
+    return load_bundle("synthetic", ModelConfig(min_size=128, max_size=128, detections_per_img=5, score_thresh=0.0))
+
+
+@pytest.fixture(scope="module")
+def synthetic_edge(synthetic_bundle) -> EdgeOutput:
+    image = torch.rand(IMAGE_SHAPE, generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        features, image_sizes, original_sizes = synthetic_bundle.edge_half(["detect"])([image])
+    return EdgeOutput(features, image_sizes[0], original_sizes[0], synthetic_bundle.backbone_fingerprints["faster"])
+
+
+def _per_arch_results(bundle: ModelBundle, edge: EdgeOutput, tasks: tuple[str, ...]) -> list[pb.TaskResult]:
+    """What the engine answered before the shared pass: one cloud half per task."""
+    with torch.inference_mode():
+        return [task_result(task, bundle.cloud_half(TASK_ARCH[task])(edge.features, [edge.input_size],
+                                                                      [edge.original_size])[0],
+                            bundle.categories[TASK_ARCH[task]]) for task in tasks]
+
+
+def _assert_same_results(got: list[pb.TaskResult], expected: list[pb.TaskResult]) -> None:
+    assert [r.task for r in got] == [r.task for r in expected]
+    for got_task, expected_task in zip(got, expected):
+        assert len(expected_task.detections) > 0
+        assert len(got_task.detections) == len(expected_task.detections)
+        for a, b in zip(got_task.detections, expected_task.detections):
+            assert (a.label, a.category) == (b.label, b.category)
+            assert a.box == pytest.approx(b.box, abs=1e-4) and a.score == pytest.approx(b.score, abs=1e-4)
+            assert a.mask == b.mask
+            assert a.keypoints == pytest.approx(b.keypoints, abs=1e-4)
+            assert a.keypoint_scores == pytest.approx(b.keypoint_scores, abs=1e-4)
+
+
+class TestSharedPass:
+    def test_random_weights_keep_separate_halves(self, engine):
+        assert engine.shared_heads is False and engine.shared_groups == []
+
+    def test_three_tasks_run_one_pass_with_the_per_arch_results(self, synthetic_bundle, synthetic_edge):
+        engine = CloudEngine(synthetic_bundle, {"raw": make_codec("raw")})
+        assert engine.shared_heads and engine.shared_groups == [("faster", "mask", "keypoint")]
+        engine._clouds = {arch: _Counting(half) for arch, half in engine._clouds.items()}
+        engine._shared = {key: _Counting(half) for key, half in engine._shared.items()}
+        tasks = ("detect", "segment", "keypoints")
+        frame = make_frame(synthetic_edge, 1, tasks=tasks)
+        result = engine.process(frame, frame.ByteSize())
+        _assert_same_results(list(result.results), _per_arch_results(synthetic_bundle, synthetic_edge, tasks))
+        assert engine._shared[frozenset(("faster", "mask", "keypoint"))].calls == 1
+        assert sum(half.calls for half in engine._clouds.values()) == 0
+
+        two = make_frame(synthetic_edge, 2, tasks=("keypoints", "detect"))
+        result = engine.process(two, two.ByteSize())
+        _assert_same_results(list(result.results),
+                             _per_arch_results(synthetic_bundle, synthetic_edge, ("keypoints", "detect")))
+        assert engine._shared[frozenset(("faster", "keypoint"))].calls == 1
+        one = make_frame(synthetic_edge, 3, tasks=("segment",))
+        engine.process(one, one.ByteSize())
+        assert engine._clouds["mask"].calls == 1  # one task: its own half
+
+        analyzed = engine.analyze_image(torch.rand(3, 64, 64), list(tasks))
+        assert [r.task for r in analyzed.results] == [pb.DETECT, pb.SEGMENT, pb.KEYPOINTS]
+        assert engine._shared[frozenset(("faster", "mask", "keypoint"))].calls == 2

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from fpnlink.shared.errors import UnsupportedError, WeightsError
-from fpnlink.shared.model import ARCHS, TRANSMITTED_SCALES, ModelConfig, load_bundle, recompute_pool, split
+from fpnlink.shared.model import (
+    ARCHS, TRANSMITTED_SCALES, ModelConfig, load_bundle, recompute_pool, shared_cloud_half, shares_box_heads, split,
+)
 from fpnlink.shared.model.zoo import BUNDLE_FORMAT
 
 
@@ -36,6 +38,69 @@ class TestSplit:
             images, _ = model.transform([tiny_image])
             full = model.backbone(images.tensors)
         torch.testing.assert_close(recompute_pool(full["3"]), full["pool"], rtol=0, atol=0)
+
+
+SHARED_CONFIG = ModelConfig(min_size=128, max_size=128, detections_per_img=5, score_thresh=0.0)
+"""Tiny input, and every top-5 detection kept so that the comparisons have boxes to compare."""
+
+
+@pytest.fixture(scope="module")
+def synthetic_bundle():
+    """fpnlink's reference weights: one backbone, RPN and box head shared by the three tasks."""
+    return load_bundle("synthetic", SHARED_CONFIG)
+
+
+def assert_same_outputs(got: dict, expected: dict, arch: str) -> None:
+    """The shared pass gives ``arch``'s own cloud-half output (boxes, scores, keypoints within 1e-4)."""
+    assert len(expected["boxes"]) > 0, arch
+    torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(got["scores"], expected["scores"], rtol=0, atol=1e-4)
+    assert torch.equal(got["labels"], expected["labels"]), arch
+    if arch == "mask":
+        assert torch.equal(got["masks"], expected["masks"])
+    if arch == "keypoint":
+        torch.testing.assert_close(got["keypoints"], expected["keypoints"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got["keypoints_scores"], expected["keypoints_scores"], rtol=0, atol=1e-4)
+
+
+class TestSharedPass:
+    def test_synthetic_archs_share_backbone_rpn_and_box_head(self, synthetic_bundle):
+        assert shares_box_heads([synthetic_bundle.models[a] for a in ARCHS])
+
+    def test_random_archs_do_not(self, tiny_bundle):
+        models = [tiny_bundle.models[a] for a in ARCHS]
+        assert models[0].backbone is models[1].backbone  # random:SEED ties the backbone only
+        assert not shares_box_heads(models) and shared_cloud_half(models) is None
+
+    def test_one_model_needs_no_shared_pass(self, synthetic_bundle):
+        assert shared_cloud_half([synthetic_bundle.models["mask"]]) is None
+
+    @pytest.mark.parametrize("archs", [ARCHS, ("faster", "mask"), ("mask", "keypoint"), ("faster", "keypoint")])
+    def test_equals_the_per_task_halves(self, synthetic_bundle, tiny_image, archs):
+        shared = shared_cloud_half([synthetic_bundle.models[a] for a in archs])
+        assert shared is not None
+        with torch.inference_mode():
+            features, sizes, originals = synthetic_bundle.edge_half(["detect"])([tiny_image])
+            got = shared(features, sizes, originals)[0]
+            assert ("masks" in got) == ("mask" in archs) and ("keypoints" in got) == ("keypoint" in archs)
+            for arch in archs:
+                assert_same_outputs(got, synthetic_bundle.cloud_half(arch)(features, sizes, originals)[0], arch)
+
+    def test_random_heads_tied_by_hand_share(self, tiny_image):
+        bundle = load_bundle("random:0", SHARED_CONFIG, archs=("faster", "mask"))
+        faster, mask = bundle.models["faster"], bundle.models["mask"]
+        mask.rpn.load_state_dict(faster.rpn.state_dict())
+        mask.roi_heads.box_head.load_state_dict(faster.roi_heads.box_head.state_dict())
+        mask.roi_heads.box_predictor.load_state_dict(faster.roi_heads.box_predictor.state_dict())
+        shared = shared_cloud_half([faster, mask])
+        assert shared is not None
+        with torch.inference_mode():
+            features, sizes, originals = bundle.edge_half(["detect"])([tiny_image])
+            got = shared(features, sizes, originals)[0]
+            for arch in ("faster", "mask"):
+                assert_same_outputs(got, bundle.cloud_half(arch)(features, sizes, originals)[0], arch)
+        mask.roi_heads.score_thresh = 0.5  # equal weights, other settings: separate halves
+        assert shared_cloud_half([faster, mask]) is None
 
 
 class TestBundle:

@@ -144,24 +144,17 @@ class TestPieces:
             small, large = image_coding.encode_image(array, fmt, 10), image_coding.encode_image(array, fmt, 90)
             assert len(small) < len(large) and image_coding.decode_image(large).shape == (32, 48, 3)
 
-    def test_shared_heads_equal_separate_heads(self, tiny_image: torch.Tensor) -> None:
-        bundle = load_bundle("random:0", ModelConfig(min_size=NET, max_size=NET, detections_per_img=3,
-                                                     score_thresh=0.0), archs=("faster", "mask"))
-        assert rd.shared_cloud_half(bundle, ["faster", "mask"]) is None  # random heads differ
+    def test_streams_use_the_shared_pass_when_heads_are_shared(self) -> None:
+        # The shared pass itself is tested in tests/shared/test_model.py (TestSharedPass).
+        bundle = load_bundle("random:0", ModelConfig(min_size=NET, max_size=NET, detections_per_img=3),
+                             archs=("faster", "mask"))
+        assert set(rd.make_streams(bundle)[0].clouds) == {"faster", "mask"}  # random heads differ
         faster, mask = bundle.models["faster"], bundle.models["mask"]
         mask.rpn.load_state_dict(faster.rpn.state_dict())
         mask.roi_heads.box_head.load_state_dict(faster.roi_heads.box_head.state_dict())
         mask.roi_heads.box_predictor.load_state_dict(faster.roi_heads.box_predictor.state_dict())
-        shared = rd.shared_cloud_half(bundle, ["faster", "mask"])
-        assert shared is not None
-        with torch.inference_mode():
-            features, sizes, originals = bundle.edge_half(["detect"])([tiny_image])
-            got = shared(features, sizes, originals)[0]
-            for arch, keys in (("faster", ("boxes", "labels", "scores")), ("mask", ("boxes", "masks"))):
-                expected = bundle.cloud_half(arch)(features, sizes, originals)[0]
-                assert len(expected["boxes"]) > 0
-                for key in keys:
-                    assert torch.equal(got[key], expected[key]), (arch, key)
+        assert set(rd.make_streams(bundle)[0].clouds) == {"shared"}
+        assert set(rd.make_streams(bundle, share_heads=False)[0].clouds) == {"faster", "mask"}
 
 
 def _entry(points: list[tuple[float, float]] | None, codec: str | None = None, reason: str | None = None) -> dict:
