@@ -4,7 +4,7 @@ Configurations, each at several rate points on a dataset split (``val`` by defau
 
     (a) raw16            fp16 features P2..P5 (one point)
     (b) quant_uniform    quant codec, the same bit depth on every scale (phi = bits 2..8)
-    (c) learned_uniform  learned codec (``--learned-codec``, default ``xscale``), the same phi on every
+    (c) learned_uniform  learned codec (``--learned-codec``: ``learned`` or ``xscale``), the same phi on every
                          scale, spread over its phi_range; skipped
                          (with the reason) when no learned checkpoint loads
     (d) mfiba_full       learned codec (quant when (c) is skipped: the report says which) with MFIBA
