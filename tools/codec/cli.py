@@ -142,6 +142,16 @@ def _scales(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _lambdas(text: str | None) -> tuple[float, ...] | None:
+    """``--lambdas``: None when not given; at least two positive values otherwise."""
+    if text is None:
+        return None
+    values = tuple(_floats(text))
+    if len(values) < 2 or min(values) <= 0:
+        raise ValueError(f"--lambdas needs at least two positive values, got {text!r}")
+    return values
+
+
 def _fail(command: str, exc: Exception) -> int:
     print(f"fpnlink codec {command}: error: {exc}", file=sys.stderr)
     return 2
@@ -163,9 +173,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        lambdas = None if args.lambdas is None else tuple(_floats(args.lambdas))
-        if lambdas is not None and (len(lambdas) < 2 or min(lambdas) <= 0):
-            raise ValueError(f"--lambdas needs at least two positive values, got {args.lambdas!r}")
+        lambdas = _lambdas(args.lambdas)
         settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)
                                     if f.name not in ("lambdas", "scales")},
                                  lambdas=lambdas or DEFAULT_LAMBDAS, scales=_scales(args.scales))
@@ -182,9 +190,7 @@ def _run_train_xscale(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        lambdas = None if args.lambdas is None else tuple(_floats(args.lambdas))
-        if lambdas is not None and (len(lambdas) < 2 or min(lambdas) <= 0):
-            raise ValueError(f"--lambdas needs at least two positive values, got {args.lambdas!r}")
+        lambdas = _lambdas(args.lambdas)
         settings = XScaleSettings(**{f.name: getattr(args, f.name) for f in fields(XScaleSettings)
                                      if f.name not in ("lambdas", "context")},
                                   lambdas=lambdas or XScaleSettings.lambdas, context=not args.no_context)
