@@ -21,8 +21,8 @@ Why this design (and not a single fused latent, L-MSFC style): with one fused la
 rate is one number, and MFIBA has nothing to allocate; conditioning the *encoder* of a finer scale on
 the decoded coarser ones would make a scale's bytes depend on the other scales' ``phi``, so MFIBA's
 per-scale rate-phi model and rate control's re-encoding of changed scales would no longer hold.
-Measured against the same network with the cross-scale path cut (``context=False``): see
-:data:`~.xscale.SYNTHETIC_CHECKPOINT`.
+Not yet measured against the same network with the cross-scale path cut (``context=False``,
+``fpnlink codec train-xscale --no-context``), nor against a fused latent: NOTES.md says where training stands.
 """
 
 from __future__ import annotations

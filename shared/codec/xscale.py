@@ -30,11 +30,11 @@ from .registry import register_codec
 ASSETS = Path(__file__).with_name("assets")
 TINY_CHECKPOINT = ASSETS / "xscale-tiny.pt"
 r"""A tiny cross-scale model (M=16, 4 gain levels) on ``random:0`` features at 128 px: for tests and wiring.
-Rebuilt with::
+Rebuilt with (the trainer of commit 1002e5c; its start-up defaults changed since)::
 
     fpnlink codec extract --data synth:24:0:128 --weights random:0 --min-size 128 --max-size 128 --out T
     fpnlink codec train-xscale --shards T --out xtiny.pt --steps 600 --batch 4 --crop 32 --latent 16 \
-        --hyper 8 --hidden 16 --decoder 16 --lambdas 16,128,1024,8192 --task-weight 0 --threads 1
+        --hyper 8 --hidden 16 --decoder 16 --lambdas 16,128,1024,8192 --threads 1
     fpnlink codec export --ckpt xtiny.pt --out shared/codec/assets/xscale-tiny.pt
 """
 SYNTHETIC_CHECKPOINT = ASSETS / "xscale-synthetic.pt"
