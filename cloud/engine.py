@@ -31,8 +31,7 @@ from google.protobuf.message import DecodeError
 from torch import Tensor
 
 from fpnlink.shared.codec import FeatureCodec, available_codecs, make_codec
-from fpnlink.shared.errors import (BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError,
-                                   WeightsError)
+from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
 from fpnlink.shared.model import TASK_ARCH, ModelBundle
 from fpnlink.shared.model.shared_pass import compose_shared_half, shares_box_heads
 from fpnlink.shared.model.split import CloudHalf, EdgeHalf, split
@@ -69,24 +68,11 @@ def default_codecs(bundle: ModelBundle | None = None) -> dict[str, FeatureCodec]
         try:
             codec = make_codec(name)
             if bundle is not None:
-                check_codec_backbone(codec, bundle)
+                codec.check_backbone(set(bundle.backbone_weight_fingerprints.values()))
             codecs[name] = codec
         except Exception as exc:  # e.g. a learned codec whose weights must be named explicitly
             logger.warning("codec %r is not served: it cannot be built with default settings (%s)", name, exc)
     return codecs
-
-
-def check_codec_backbone(codec: FeatureCodec, bundle: ModelBundle) -> None:
-    """:class:`WeightsError` unless ``codec`` fits a backbone of ``bundle`` (codecs without weights fit any)."""
-    errors = []
-    for fingerprint in sorted(set(bundle.backbone_weight_fingerprints.values())):
-        try:
-            codec.check_backbone(fingerprint)
-            return
-        except WeightsError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
 
 
 class _ResultCache:
@@ -157,7 +143,7 @@ class CloudEngine:
         self.bundle = bundle
         self.codecs = dict(codecs) if codecs is not None else default_codecs(bundle)
         for codec in self.codecs.values():
-            check_codec_backbone(codec, bundle)
+            codec.check_backbone(set(bundle.backbone_weight_fingerprints.values()))
         self.max_frame_bytes = max_frame_bytes
         self.device = torch.device(device)
         for model in bundle.models.values():

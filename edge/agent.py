@@ -74,7 +74,7 @@ class EdgeAgent:
             raise ValueError(f"stream_id must be at most {MAX_ID_LENGTH} characters, got {len(stream_id)}")
         self.tasks = list(dict.fromkeys(tasks))
         self.model_fingerprint = bundle.backbone_fingerprint_for(self.tasks)
-        codec.check_backbone(bundle.backbone_weight_fingerprints[bundle.archs_for(self.tasks)[0]])
+        codec.check_backbone({bundle.backbone_weight_fingerprints[bundle.archs_for(self.tasks)[0]]})
         self.edge = bundle.edge_half(self.tasks).eval()
         self.device = next(self.edge.parameters()).device
         self.codec = codec

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -136,9 +137,9 @@ class FeatureCodec(ABC):
     def output_dtype(self) -> str:
         return "float32"
 
-    def check_backbone(self, weights_fingerprint: str) -> None:
-        """Raise :class:`~fpnlink.shared.errors.WeightsError` if the codec was trained for another backbone
-        (``weights_fingerprint``: ``ModelBundle.backbone_weight_fingerprints``); codecs without weights fit any."""
+    def check_backbone(self, served: Collection[str]) -> None:
+        """Raise :class:`~fpnlink.shared.errors.WeightsError` unless the codec fits one of the ``served`` backbones
+        (weights fingerprints, ``ModelBundle.backbone_weight_fingerprints``); codecs without weights fit any."""
 
     @abstractmethod
     def encode_scale(self, tensor: Tensor, phi: float) -> bytes:

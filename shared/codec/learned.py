@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,11 +146,11 @@ class LearnedCodec(FeatureCodec):
         """Weights fingerprint of the backbone whose features trained the checkpoint (None when it does not say)."""
         return self.model.meta.get("backbone_weights")
 
-    def check_backbone(self, weights_fingerprint: str) -> None:
+    def check_backbone(self, served: Collection[str]) -> None:
         trained = self.trained_backbone
-        if trained is not None and trained != weights_fingerprint:
+        if trained is not None and trained not in served:
             raise WeightsError(f"{self.name} codec {self.checkpoint.name} was trained on the features of backbone "
-                               f"weights {trained}, but this side runs {weights_fingerprint}: serve the backbone it "
+                               f"weights {trained}, but this side runs {sorted(served)}: serve the backbone it "
                                "was trained on, or train a codec for this one (fpnlink codec extract, train)")
 
     def weights_digest(self) -> str:

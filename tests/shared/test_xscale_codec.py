@@ -7,12 +7,10 @@ Uses the shipped tiny checkpoint (``shared/codec/assets/xscale-tiny.pt``: M=16, 
 from __future__ import annotations
 
 import dataclasses
-import random
-import struct
-import zlib
 
 import pytest
 import torch
+from payload_fuzz import fuzzed_payloads
 
 from fpnlink.shared.codec import CrossScaleCodec, LearnedCodec, make_codec
 from fpnlink.shared.codec.container import unpack
@@ -144,9 +142,9 @@ class TestRefusals:
             LearnedCodec(TINY_CHECKPOINT)
 
     def test_codec_of_another_backbone(self, codec, tiny_bundle):
-        codec.check_backbone(tiny_bundle.backbone_weight_fingerprints["faster"])
+        codec.check_backbone({tiny_bundle.backbone_weight_fingerprints["faster"]})
         with pytest.raises(WeightsError, match="trained on the features of backbone"):
-            codec.check_backbone("0123456789abcdef")
+            codec.check_backbone({"0123456789abcdef"})
 
     def test_edge_and_cloud_refuse_a_codec_of_another_backbone(self, codec, tiny_bundle):
         from fpnlink.cloud.engine import CloudEngine, default_codecs
@@ -164,26 +162,9 @@ class TestRefusals:
     def test_fuzzed_payloads(self, codec, features):
         """Truncations, bit flips, forged headers (CRC recomputed) and random bytes: CodecError only."""
         records = codec.encode(features, dict.fromkeys(SCALES, 2.0))
-        target, rng = records[1], random.Random(1)
-        payload = target.payload
-        body_size = sum(struct.unpack_from("<I", payload, 6 + 6 + 24 + 14 * i + 6)[0] for i in range(2))
-        head_end = len(payload) - body_size - 4
-        cases = [payload[:rng.randrange(len(payload))] for _ in range(40)]
-        for _ in range(80):
-            corrupt = bytearray(payload)
-            corrupt[rng.randrange(len(corrupt))] ^= 1 << rng.randrange(8)
-            cases.append(bytes(corrupt))
-        for _ in range(80):
-            head, body = bytearray(payload[:head_end]), bytearray(payload[head_end + 4:])
-            part = head if rng.random() < 0.5 else body
-            for _ in range(rng.randint(1, 3)):
-                part[rng.randrange(len(part))] = rng.randrange(256)
-            cases.append(bytes(head) + struct.pack("<I", zlib.crc32(bytes(body), zlib.crc32(bytes(head))))
-                         + bytes(body))
-        cases += [bytes(rng.randrange(256) for _ in range(rng.randrange(120))) for _ in range(30)]
-        for case in cases:
-            if case == payload:
-                continue
+        target = records[1]
+        _, streams = unpack(target.payload, codec=codec.name, fingerprint=codec.fingerprint)
+        for case in fuzzed_payloads(target.payload, sum(len(s) for s in streams), seed=1):
             frame = [dataclasses.replace(r, payload=case) if r is target else r for r in records]
             with pytest.raises(CodecError):
                 codec.decode(frame)
