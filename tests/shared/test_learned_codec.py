@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
+from payload_fuzz import fuzzed_payloads
+
 from fpnlink.shared.codec import LearnedCodec, ScaleRecord, available_codecs, make_codec
+from fpnlink.shared.codec.container import unpack
 from fpnlink.shared.codec.gain import GainUnits
 from fpnlink.shared.codec.hyperprior import FeatureHyperprior, HyperpriorConfig
 from fpnlink.shared.codec.intnet import EXACT_LIMIT
@@ -201,25 +201,8 @@ class TestRefusals:
 
     def test_fuzzed_payloads(self, codec, record):
         """Truncations, bit flips, forged headers (CRC recomputed) and random bytes: CodecError only."""
-        payload, rng = record.payload, random.Random(0)
-        body_size = sum(struct.unpack_from("<I", payload, 6 + 7 + 24 + 14 * i + 6)[0] for i in range(2))
-        head_end = len(payload) - body_size - 4
-        cases = [payload[:rng.randrange(len(payload))] for _ in range(60)]
-        for _ in range(120):
-            corrupt = bytearray(payload)
-            corrupt[rng.randrange(len(corrupt))] ^= 1 << rng.randrange(8)
-            cases.append(bytes(corrupt))
-        for _ in range(120):
-            head, body = bytearray(payload[:head_end]), bytearray(payload[head_end + 4:])
-            target = head if rng.random() < 0.5 else body
-            for _ in range(rng.randint(1, 3)):
-                target[rng.randrange(len(target))] = rng.randrange(256)
-            cases.append(bytes(head) + struct.pack("<I", zlib.crc32(bytes(body), zlib.crc32(bytes(head))))
-                         + bytes(body))
-        cases += [bytes(rng.randrange(256) for _ in range(rng.randrange(200))) for _ in range(40)]
-        for case in cases:
-            if case == payload:
-                continue
+        _, streams = unpack(record.payload, codec=codec.name, fingerprint=codec.fingerprint)
+        for case in fuzzed_payloads(record.payload, sum(len(s) for s in streams)):
             with pytest.raises(CodecError):
                 codec.decode([dataclasses.replace(record, payload=case)])
 
