@@ -140,7 +140,7 @@ class CrossScaleHyperprior(FeatureHyperprior):
             x_norm[scale] = self._normalise(x, scales)
             gain, inverse = self.gains(scales, phi[:, scale])
             y_g = branch.g_a(self._pad(x_norm[scale])) * gain
-            z = branch.h_a(y_g.abs())
+            z = self.hyper_latent(branch, y_g, scales, phi[:, scale])
             z_tilde = z + torch.empty_like(z).uniform_(-0.5, 0.5)
             y_tilde = y_g + torch.empty_like(y_g).uniform_(-0.5, 0.5)
             sigma = self._scale_sigma(branch.h_s(round_ste(z).clamp(-Z_MAX, Z_MAX)))

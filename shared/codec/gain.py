@@ -26,6 +26,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def interpolate_levels(table: Tensor, scale: Tensor, phi: Tensor) -> Tensor:
+    """Exponential interpolation of a log table ``[S, N, C]`` at per-item ``scale`` and ``phi`` ``[B]``:
+    ``[B, C, 1, 1]`` positive values."""
+    levels = table.shape[1]
+    phi = phi.clamp(0, levels - 1)
+    low = phi.floor().long().clamp(max=levels - 2)
+    frac = (phi - low.to(phi.dtype)).unsqueeze(-1)
+    value = table[scale, low] * (1 - frac) + table[scale, low + 1] * frac
+    return value.exp()[..., None, None]
+
+
 class GainUnits(nn.Module):
     """Per-scale, per-level gain and inverse-gain vectors with exponential interpolation.
 
@@ -61,14 +72,6 @@ class GainUnits(nn.Module):
         steps = F.softplus(self.raw_steps).cumsum(dim=1)
         return torch.cat((self.log_base, self.log_base + steps), dim=1)
 
-    def _interpolate(self, table: Tensor, scale: Tensor, phi: Tensor) -> Tensor:
-        """Exponential interpolation of ``table`` ``[S, N, M]`` at per-item ``scale`` and ``phi`` ``[B]``."""
-        phi = phi.clamp(0, self.num_gains - 1)
-        low = phi.floor().long().clamp(max=self.num_gains - 2)
-        frac = (phi - low.to(phi.dtype)).unsqueeze(-1)
-        value = table[scale, low] * (1 - frac) + table[scale, low + 1] * frac
-        return value.exp()[..., None, None]
-
     def forward(self, scale: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
         """Gains for a batch.
 
@@ -79,4 +82,30 @@ class GainUnits(nn.Module):
         Returns:
             ``(gain, inverse_gain)``, each ``[B, M, 1, 1]``.
         """
-        return self._interpolate(self.log_gains(), scale, phi), self._interpolate(self.log_inverse, scale, phi)
+        return interpolate_levels(self.log_gains(), scale, phi), interpolate_levels(self.log_inverse, scale, phi)
+
+
+class HyperGains(nn.Module):
+    """Per-scale, per-level scaling of the hyper-latent before rounding; the encoder alone applies it.
+
+    ``z = h_a(|y_g|)`` grows with the latent gain, by up to the gain span across ``phi``, while each
+    hyper channel has one factorized density for all ``phi``: that density must then be wide, and ``z``
+    costs as much at the lowest ``phi`` (where ``y_g`` is nearly all zero) as at the highest. Scaling
+    ``z`` down as ``phi`` rises keeps its range, and so its density, narrow. The decoder is unchanged:
+    ``h_s`` reads the decoded symbols.
+
+    Args:
+        num_scales, num_gains, channels: as :class:`GainUnits` (``channels`` of ``z``).
+        span: initial ratio between the scaling at the lowest and at the highest level.
+    """
+
+    def __init__(self, num_scales: int, num_gains: int, channels: int, span: float = 8.0) -> None:
+        super().__init__()
+        if span < 1:
+            raise ValueError(f"need span >= 1, got {span}")
+        levels = -math.log(span) * torch.arange(num_gains, dtype=torch.float32) / (num_gains - 1)
+        self.log_scale = nn.Parameter(levels.view(1, num_gains, 1).repeat(num_scales, 1, channels))
+
+    def forward(self, scale: Tensor, phi: Tensor) -> Tensor:
+        """``[B, Nz, 1, 1]`` scaling for per-item ``scale`` and ``phi`` ``[B]``."""
+        return interpolate_levels(self.log_scale, scale, phi)

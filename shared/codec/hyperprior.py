@@ -53,7 +53,7 @@ from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf
 from compressai.layers import GDN
 from torch import Tensor, nn
 
-from .gain import GainUnits
+from .gain import GainUnits, HyperGains
 from .intnet import Z_MAX, IntegerScaleNet, round_ste
 
 CHECKPOINT_FORMAT = "fpnlink.learned-codec/1"
@@ -78,6 +78,7 @@ class HyperpriorConfig:
         per_scale: one set of transforms and hyper-latent density per scale (True), or one set shared
             by all scales (False); normalisation and gains are per scale either way.
         scale_min, scale_max, scale_levels: the Gaussian scale table (log-spaced).
+        hyper_gains: scale ``z`` per level before rounding (:class:`HyperGains`); older checkpoints lack it.
     """
 
     channels: int = 256
@@ -90,6 +91,7 @@ class HyperpriorConfig:
     scale_min: float = 0.11
     scale_max: float = 256.0
     scale_levels: int = 64
+    hyper_gains: bool = False
 
     def __post_init__(self) -> None:
         for name in ("channels", "latent", "hyper", "hidden", "num_scales"):
@@ -103,6 +105,13 @@ class HyperpriorConfig:
     @property
     def log_scale_step(self) -> float:
         return (math.log(self.scale_max) - math.log(self.scale_min)) / (self.scale_levels - 1)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that identify the architecture in a fingerprint. ``hyper_gains`` is left out: the
+        state dict already shows it, and checkpoints from before it keep their fingerprints."""
+        fields = asdict(self)
+        del fields["hyper_gains"]
+        return fields
 
     def scale_table(self) -> list[float]:
         return [math.exp(math.log(self.scale_min) + i * self.log_scale_step) for i in range(self.scale_levels)]
@@ -152,6 +161,7 @@ class FeatureHyperprior(nn.Module):
         self.register_buffer("feature_std", torch.ones(config.num_scales, config.channels))
         self.branches = nn.ModuleList(self.branch_class(config) for _ in range(config.num_scales if config.per_scale else 1))
         self.gains = GainUnits(config.num_scales, config.num_gains, config.latent)
+        self.hyper_gains = HyperGains(config.num_scales, config.num_gains, config.hyper) if config.hyper_gains else None
         self.gaussian_conditional = GaussianConditional(None, scale_bound=config.scale_min)
         for prefix in ("z", "y"):
             self.register_buffer(f"{prefix}_cdf", torch.zeros(0, 0, dtype=torch.int32))
@@ -216,6 +226,11 @@ class FeatureHyperprior(nn.Module):
             return x
         return F.pad(x, (0, pw - x.shape[-1], 0, ph - x.shape[-2]), mode="replicate")
 
+    def hyper_latent(self, branch: _Branch, y_g: Tensor, scale: Tensor, phi: Tensor) -> Tensor:
+        """``z`` before rounding: ``h_a(|y_g|)``, scaled per level when the model has hyper gains."""
+        z = branch.h_a(y_g.abs())
+        return z if self.hyper_gains is None else z * self.hyper_gains(scale, phi)
+
     def _scale_sigma(self, index: Tensor) -> Tensor:
         return torch.exp(math.log(self.config.scale_min) + index * self.config.log_scale_step)
 
@@ -246,7 +261,7 @@ class FeatureHyperprior(nn.Module):
         x_norm = self._normalise(x, scale)
         gain, inverse = self.gains(scale, phi)
         y_g = branch.g_a(self._pad(x_norm)) * gain
-        z = branch.h_a(y_g.abs())
+        z = self.hyper_latent(branch, y_g, scale, phi)
         if self.training:
             z_tilde = z + torch.empty_like(z).uniform_(-0.5, 0.5)
             y_tilde = y_g + torch.empty_like(y_g).uniform_(-0.5, 0.5)
@@ -348,7 +363,8 @@ class FeatureHyperprior(nn.Module):
         y_g = branch.g_a(self._pad(self._normalise(x.to(device, torch.float32), scales))) * gain
         if not torch.isfinite(y_g).all():  # NaN/inf in x reach y (every input is in some receptive field)
             raise ValueError("features contain NaN or infinity")
-        z_symbols = torch.round(branch.h_a(y_g.abs())).clamp(-Z_MAX, Z_MAX).to("cpu", torch.int32)
+        z = self.hyper_latent(branch, y_g, scales, phis)
+        z_symbols = torch.round(z).clamp(-Z_MAX, Z_MAX).to("cpu", torch.int32)
         indexes = branch.h_s.indexes(z_symbols)
         y_symbols = torch.round(y_g).clamp(-Y_SYMBOL_MAX, Y_SYMBOL_MAX).to("cpu", torch.int32)
         z_tables, y_tables = self._coder_tables("z"), self._coder_tables("y")

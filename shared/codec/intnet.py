@@ -26,6 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from compressai.ops.bound_ops import LowerBoundFunction
 from torch import Tensor, nn
 
 WEIGHT_BITS = 6
@@ -51,6 +52,18 @@ def round_half_up_ste(x: Tensor) -> Tensor:
     """``floor(x + 1/2)``, the coding path's rounding (ties are frequent on dyadic values), with an
     identity gradient."""
     return x + (torch.floor(x + 0.5) - x).detach()
+
+
+def bound_index(x: Tensor, levels: int) -> Tensor:
+    """Clamp a continuous index to ``[0, levels - 1]``, passing a gradient outside only back towards the range.
+
+    An identity gradient through the clamp lets the pre-activation run away: a latent that is always zero
+    keeps asking for a smaller scale than the table's first, and the index drifts to -1000s, out of reach
+    when the latent later needs a larger scale (CompressAI's ``LowerBound`` for the same reason).
+    """
+    low = x.new_tensor(0.0)
+    high = x.new_tensor(-(levels - 1.0))
+    return -LowerBoundFunction.apply(-LowerBoundFunction.apply(x, low), high)
 
 
 class _IntLayer(nn.Module):
@@ -124,16 +137,15 @@ class IntegerScaleNet(nn.Module):
         return 0 if layer_index == 0 else ACT_BITS
 
     def forward(self, z_hat: Tensor) -> Tensor:
-        """Training path (float32, straight-through): continuous index ``[B, M, H, W]``, rounded and clamped
-        in value, with an identity gradient."""
+        """Training path (float32, straight-through): continuous index ``[B, M, H, W]``, clamped
+        (:func:`bound_index`) and rounded in value."""
         x = z_hat
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer.forward_train(x, self._in_bits(i))
             if i < last:
                 x = round_half_up_ste(F.relu(x).clamp(max=A_MAX) * 2.0**ACT_BITS) / 2.0**ACT_BITS
-        index = x + (torch.floor(x + 0.5).clamp(0, self.levels - 1) - x).detach()
-        return index
+        return round_half_up_ste(bound_index(x, self.levels))
 
     @torch.no_grad()
     def indexes(self, z_symbols: Tensor) -> Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Collection
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +128,7 @@ class LearnedCodec(FeatureCodec):
         low, high = self.model.phi_range
         self.phi_range = (low, high)
         self.default_phi = (low + high) / 2
-        self._digest = hash_state(self.model.state_dict(), json.dumps(asdict(self.model.config), sort_keys=True))
+        self._digest = hash_state(self.model.state_dict(), json.dumps(self.model.config.identity(), sort_keys=True))
 
     @staticmethod
     def model_class() -> type[FeatureHyperprior]:
@@ -139,7 +138,7 @@ class LearnedCodec(FeatureCodec):
         return FeatureHyperprior
 
     def config(self) -> dict[str, Any]:
-        return {"format": self.model.checkpoint_format, "container": container.VERSION, **asdict(self.model.config)}
+        return {"format": self.model.checkpoint_format, "container": container.VERSION, **self.model.config.identity()}
 
     @property
     def trained_backbone(self) -> str | None:

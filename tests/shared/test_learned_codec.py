@@ -22,7 +22,7 @@ from fpnlink.shared.codec import LearnedCodec, ScaleRecord, available_codecs, ma
 from fpnlink.shared.codec.container import unpack
 from fpnlink.shared.codec.gain import GainUnits
 from fpnlink.shared.codec.hyperprior import FeatureHyperprior, HyperpriorConfig
-from fpnlink.shared.codec.intnet import EXACT_LIMIT
+from fpnlink.shared.codec.intnet import EXACT_LIMIT, bound_index
 from fpnlink.shared.codec.learned import DEFAULT_CHECKPOINT, TINY_CHECKPOINT
 from fpnlink.shared.errors import CodecError, WeightsError
 
@@ -238,3 +238,28 @@ class TestComponents:
         assert out["x_hat"].shape == (2, 256, 8, 8) and out["bits"].shape == (2,)
         out["bits"].sum().backward()
         assert model.branch(0).h_s.layers[0].weight.grad is not None and model.gains.raw_steps.grad is not None
+
+    def test_index_gradient_leads_back_into_the_table(self):
+        x = torch.tensor([-5.0, 3.2, 70.0], requires_grad=True)
+        index = bound_index(x, levels=64)
+        assert index.tolist() == pytest.approx([0.0, 3.2, 63.0])
+        index.sum().backward()  # descent lowers every index: allowed only where it stays in (or re-enters) range
+        assert x.grad.tolist() == [0.0, 1.0, 1.0]
+        x.grad = None
+        (-bound_index(x, levels=64).sum()).backward()  # descent raises every index
+        assert x.grad.tolist() == [-1.0, -1.0, 0.0]
+
+    def test_hyper_gains_scale_the_coded_hyper_latent(self):
+        config = HyperpriorConfig(latent=8, hyper=4, hidden=4, num_gains=3, hyper_gains=True)
+        scaled = FeatureHyperprior(config)
+        plain = FeatureHyperprior(dataclasses.replace(config, hyper_gains=False))
+        plain.load_state_dict({k: v for k, v in scaled.state_dict().items() if not k.startswith("hyper_gains.")})
+        for model in (scaled, plain):
+            model.update()
+            model.eval()
+        x = 20 * torch.randn(1, 256, 16, 16, generator=torch.Generator().manual_seed(0))
+        top = float(config.num_gains - 1)
+        z_scaled = scaled.compress(x, 0, top)["z_symbols"].abs().sum()
+        assert z_scaled < plain.compress(x, 0, top)["z_symbols"].abs().sum()
+        assert torch.equal(scaled.compress(x, 0, 0.0)["z_symbols"], plain.compress(x, 0, 0.0)["z_symbols"])
+        assert scaled.decompress(scaled.compress(x, 0, top)["strings"], (16, 16), 0, top)["x_hat"].shape == x.shape

@@ -225,12 +225,20 @@ class TestTrainXscale:
         blob = torch.load(out, weights_only=True)
         assert blob["train"]["step"] == 4 and blob["meta"]["backbone_weights"] == json.loads(
             (shards / "manifest.json").read_text())["backbone_weights"]
+        assert blob["config"]["hyper_gains"] and "hyper_gains.log_scale" in blob["state_dict"]
         exported = tmp_path / "shipped.pt"
         assert _cli("export", "--ckpt", str(out), "--out", str(exported)) == 0
         codec = CrossScaleCodec(exported)
         frame = {n: FeatureShards(shards).features[n][0].float()[None] for n in "0123"}
         decoded = codec.decode(codec.encode(frame, dict.fromkeys(frame, 1.0)))
         assert all(decoded[n].shape == frame[n].shape for n in frame)
+
+    def test_ablations_build_the_smaller_network(self, shards, tmp_path):
+        out = tmp_path / "ablation.pt"
+        assert _cli("train-xscale", "--shards", str(shards), "--out", str(out), "--batch", "2", "--crop", "16",
+                    "--steps", "1", "--no-progress", "--no-context", "--no-hyper-gains", *self.ARCH) == 0
+        config = torch.load(out, weights_only=True)["config"]
+        assert not config["context"] and not config["hyper_gains"]
 
     def test_crop_must_align_with_p5(self, shards, tmp_path):
         assert _cli("train-xscale", "--shards", str(shards), "--out", str(tmp_path / "x.pt"), "--crop", "12",

@@ -107,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lambdas", help="distortion weight per gain level, comma-separated (count sets N; default "
                    f"{','.join(f'{v:g}' for v in xdefaults.lambdas)}); with --resume, new weights for the stored levels")
     p.add_argument("--no-context", action="store_true", help="cut the cross-scale decoder path (ablation)")
+    p.add_argument("--no-hyper-gains", action="store_true", help="no per-level scaling of the hyper-latent (ablation)")
     p.add_argument("--warm-start", type=Path, help="a learned-codec checkpoint to start the analysis and hyperprior from")
     p.add_argument("--pca-init", action="store_true", help="start the transforms as a PCA coder (latent/4 components "
                    "per position, fitted on the shards)")
@@ -192,8 +193,9 @@ def _run_train_xscale(args: argparse.Namespace) -> int:
     try:
         lambdas = _lambdas(args.lambdas)
         settings = XScaleSettings(**{f.name: getattr(args, f.name) for f in fields(XScaleSettings)
-                                     if f.name not in ("lambdas", "context")},
-                                  lambdas=lambdas or XScaleSettings.lambdas, context=not args.no_context)
+                                     if f.name not in ("lambdas", "context", "hyper_gains")},
+                                  lambdas=lambdas or XScaleSettings.lambdas, context=not args.no_context,
+                                  hyper_gains=not args.no_hyper_gains)
         started = time.perf_counter()
         logged = train_xscale(FeatureShards(args.shards, args.limit), args.out, settings, args.resume,
                               args.warm_start, progress=not args.no_progress, pca_init=args.pca_init,

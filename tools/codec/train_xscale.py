@@ -97,6 +97,7 @@ class XScaleSettings:
         seed: sampling seed.
         latent, hyper, hidden, decoder: architecture sizes (see ``CrossScaleConfig``).
         context: the cross-scale decoder path (False: the ablation without it).
+        hyper_gains: scale the hyper-latent per level (``HyperGains``).
     """
 
     steps: int = 6000
@@ -114,6 +115,7 @@ class XScaleSettings:
     hidden: int = 48
     decoder: int = 64
     context: bool = True
+    hyper_gains: bool = True
 
 
 def pca_bases(shards: FeatureShards, mean: Tensor, std: Tensor, components: int, items: int = 200) -> Tensor:
@@ -176,7 +178,7 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
     else:
         config = CrossScaleConfig(latent=settings.latent, hyper=settings.hyper, hidden=settings.hidden,
                                   num_gains=len(settings.lambdas), decoder=settings.decoder,
-                                  context=settings.context)
+                                  context=settings.context, hyper_gains=settings.hyper_gains)
         model = CrossScaleHyperprior(config)
         model.set_normalisation(*shards.normalisation())
         model.gains = GainUnits(config.num_scales, config.num_gains, config.latent, span=GAIN_SPAN, base=GAIN_BASE)
