@@ -7,10 +7,13 @@ error                           gRPC status             HTTP  meaning
 ==============================  ======================  ====  =============================================
 ``CodecError``                  ``INVALID_ARGUMENT``    400   a payload does not decode (corrupt, truncated)
 ``BadFrameError``               ``INVALID_ARGUMENT``    400   malformed frame or upload, wrong shapes
+``InvalidArgumentError``        ``INVALID_ARGUMENT``    400   a bad query: cursor, time window, bucket
+``NotFoundError``               ``NOT_FOUND``           404   a stored stream or frame does not exist
 ``UnsupportedError``            ``UNIMPLEMENTED``       422   unknown codec or task, or a model not held
 ``FingerprintMismatchError``    ``FAILED_PRECONDITION`` 409   features or codec from other weights/settings
 ``LimitExceededError``          ``RESOURCE_EXHAUSTED``  413   a size limit (bytes, pixels) is exceeded
-``NotReadyError``               ``UNAVAILABLE``         503   weights still loading; retry later
+``NotReadyError``               ``UNAVAILABLE``         503   weights still loading, or the results store
+                                                              unreachable or its queue full; retry later
 anything else                   ``INTERNAL``            500   a bug: logged with its traceback
 ==============================  ======================  ====  =============================================
 
@@ -28,7 +31,8 @@ from dataclasses import dataclass
 import grpc
 
 from fpnlink.shared.errors import (
-    BadFrameError, CodecError, FingerprintMismatchError, LimitExceededError, NotReadyError, UnsupportedError,
+    BadFrameError, CodecError, FingerprintMismatchError, InvalidArgumentError, LimitExceededError, NotFoundError,
+    NotReadyError, UnsupportedError,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ INTERNAL_MESSAGE = "internal error while handling the request; the server log ha
 _TABLE: tuple[tuple[type[Exception], grpc.StatusCode, int], ...] = (
     (CodecError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (BadFrameError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND, 404),
     (UnsupportedError, grpc.StatusCode.UNIMPLEMENTED, 422),
     (FingerprintMismatchError, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),

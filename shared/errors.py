@@ -31,3 +31,11 @@ class WeightsError(FpnlinkError):
 
 class NotReadyError(FpnlinkError):
     """The service has not finished its setup yet."""
+
+
+class InvalidArgumentError(FpnlinkError, ValueError):
+    """A query argument is malformed or out of range (cursor, time window, bucket)."""
+
+
+class NotFoundError(FpnlinkError, LookupError):
+    """A stored stream or frame that the request names does not exist."""
