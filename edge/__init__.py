@@ -2,9 +2,9 @@
 
 from .agent import EdgeAgent, EncodedFrame
 from .client import Client, LinkError, Reply, check_compatible
-from .sources import IMAGE_SUFFIXES, ImageSource, SourceError, list_images, read_image
+from .sources import ImageSource, Source, SourceError, SourceFrame, list_images, open_source
 
 __all__ = [
-    "IMAGE_SUFFIXES", "Client", "EdgeAgent", "EncodedFrame", "ImageSource", "LinkError", "Reply", "SourceError",
-    "check_compatible", "list_images", "read_image",
+    "Client", "EdgeAgent", "EncodedFrame", "ImageSource", "LinkError", "Reply", "Source", "SourceError",
+    "SourceFrame", "check_compatible", "list_images", "open_source",
 ]

@@ -28,7 +28,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..shared.codec import available_codecs
-from ..shared.errors import FingerprintMismatchError, FpnlinkError, UnsupportedError, WeightsError
+from ..shared.errors import ConfigError, FingerprintMismatchError, FpnlinkError, UnsupportedError, WeightsError
+from ..shared.identity import STREAM_SEPARATOR, certificate_identity
 from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
 from ..shared.wire import PB_TO_TASK, pb, result_to_dict
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--connect-timeout", dest="connect_timeout_s", type=float,
                      help="seconds to wait for the cloud to be SERVING (default 10)")
     run.add_argument("--max-frame-bytes", type=int, help="largest gRPC message (default 256 MiB)")
+    run.add_argument("--tls-ca", type=Path, help="PEM CA of the cloud's certificate: connect with TLS")
+    run.add_argument("--tls-cert", type=Path, help="this device's PEM client certificate (mutual TLS; its "
+                                                   "common name is the device identity)")
+    run.add_argument("--tls-key", type=Path, help="the client certificate's PEM key")
+    run.add_argument("--token", help="bearer token with scope ingest (FPNLINK_EDGE_TOKEN keeps it out of ps)")
     run.set_defaults(func=run_command)
     return parser
 
@@ -137,7 +143,14 @@ def run_command(args: argparse.Namespace) -> int:
     if settings.threads:
         torch.set_num_threads(settings.threads)
 
-    with Client(settings.server, max_frame_bytes=settings.max_frame_bytes) as client:
+    try:
+        client = Client(settings.server, max_frame_bytes=settings.max_frame_bytes, tls_ca=settings.tls_ca,
+                        tls_cert=settings.tls_cert, tls_key=settings.tls_key, token=settings.token)
+        device = certificate_identity(settings.tls_cert.read_bytes(), str(settings.tls_cert)) \
+            if settings.tls_cert else None
+    except (ConfigError, OSError) as exc:
+        return _usage_error(str(exc))
+    with client:
         try:
             client.wait_ready(settings.connect_timeout_s)
             caps = client.capabilities()
@@ -157,7 +170,7 @@ def run_command(args: argparse.Namespace) -> int:
             _untrained_notice(f"the edge runs --weights {settings.weights}")
         elif not caps.trained:
             _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
-        stream_id = settings.stream_id or _unique_stream_id()
+        stream_id = settings.stream_id or _unique_stream_id(device)
         try:
             agent = EdgeAgent(bundle, codec, settings.tasks, stream_id)
             check_compatible(caps, tasks=agent.tasks, model_fingerprint=agent.model_fingerprint,
@@ -204,8 +217,10 @@ def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:
     return ModelConfig(min_size=cloud_min, max_size=cloud_max)
 
 
-def _unique_stream_id() -> str:
-    return f"{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+def _unique_stream_id(device: str | None = None) -> str:
+    """A stream id unique per run; under the device's own name (which it owns) with a client certificate."""
+    run = f"{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    return f"{device}{STREAM_SEPARATOR}{run}" if device else run
 
 
 def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str, float] | None,
@@ -223,10 +238,12 @@ def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str
         counted_skips = len(source.skipped)
 
     def frames() -> Iterator[pb.FeatureFrame]:
-        for frame_id, (name, image) in enumerate(source, start=1):
+        for frame_id, taken in enumerate(source, start=1):
             count_skips()
+            name = taken.name
             try:
-                encoded = agent.encode(image, frame_id, phi, rate_control=rate_control)
+                encoded = agent.encode(taken.image, frame_id, phi, capture_time_us=taken.capture_time_us,
+                                       rate_control=rate_control)
             except (ValueError, FpnlinkError) as exc:
                 log.warning("%s: not encoded: %s", name, exc)
                 source.skipped.append((name, f"{name}: not encoded: {exc}"))

@@ -21,6 +21,7 @@ from fpnlink.cloud.settings import CloudSettings
 from fpnlink.edge import Client, EdgeAgent, EncodedFrame
 from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, available_codecs, make_codec
 from fpnlink.shared.errors import WeightsError
+from fpnlink.shared.imageio import to_tensor
 from fpnlink.shared.model import TASKS, ModelBundle, ModelConfig, load_bundle
 from fpnlink.shared.wire import result_to_dict
 
@@ -57,7 +58,7 @@ def generate_scenes(out_dir: Path, count: int, size: int, seed: int) -> list[tup
         image, _ = render_scene(np.random.default_rng([seed, index]), size)
         name = f"scene{index:03d}"
         Image.fromarray(image).save(out_dir / f"{name}.png")
-        scenes.append((name, torch.from_numpy(image).permute(2, 0, 1).float() / 255))
+        scenes.append((name, to_tensor(image)))
     return scenes
 
 

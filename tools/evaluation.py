@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from ..shared.imageio import decode_array, to_tensor
 from ..shared.wire.convert import MASK_THRESHOLD
 from .synth import KEYPOINTS, PERSON
 
@@ -92,8 +91,7 @@ class EvalDataset:
     def image_array(self, image_id: int) -> np.ndarray:
         """The image as ``[H, W, 3]`` uint8 RGB."""
         path = self.image_dir / self.gt["bbox"].imgs[image_id]["file_name"]
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB")).copy()
+        return decode_array(path)
 
     def image(self, image_id: int) -> Tensor:
         """The image as ``[3, H, W]`` float in [0, 1]."""
@@ -105,11 +103,6 @@ class EvalDataset:
             raise ValueError(f"image ids {unknown[:5]} are not in {self.root} ({self.split})")
         return EvalDataset(self.root, self.split, self.kind, self.gt, list(image_ids), self.image_dir,
                            self.person_category, self.keypoint_sigmas)
-
-
-def to_tensor(array: np.ndarray) -> Tensor:
-    """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
 
 
 def dataset_kind(root: Path) -> str:

@@ -7,6 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from fpnlink.shared.imageio import decode_array
+
 
 def encode_image(array: np.ndarray, fmt: str, quality: int) -> bytes:
     """``[H, W, 3]`` uint8 RGB as a JPEG or WebP file (PIL, 4:2:0, Huffman-optimised JPEG)."""
@@ -17,5 +19,5 @@ def encode_image(array: np.ndarray, fmt: str, quality: int) -> bytes:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB")).copy()
+    """A coded image back to ``[H, W, 3]`` uint8 RGB (the tree's one decoder, :mod:`fpnlink.shared.imageio`)."""
+    return decode_array(data)

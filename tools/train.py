@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
@@ -47,6 +46,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss, keypointrcnn_l
 from torchvision.ops import MultiScaleRoIAlign
 from tqdm import tqdm
 
+from ..shared.imageio import read_image
 from ..shared.model.assets import write_asset
 from ..shared.model.zoo import BUNDLE_FORMAT, ModelConfig, load_bundle
 from .devices import resolve_device
@@ -142,8 +142,7 @@ class CocoSplit:
 
     def image(self, index: int) -> Tensor:
         info = self.coco.imgs[self.ids[index]]
-        array = np.asarray(Image.open(self.image_dir / info["file_name"]).convert("RGB"))
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return read_image(self.image_dir / info["file_name"])
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         image_id = self.ids[index]

@@ -92,7 +92,7 @@ class TestAgainstPeer:
             assert line["result"]["stream_id"] == "cam-7" and len(line["result"]["detect"]) == 1
         assert "a.png: " in captured.out and "detect 1, segment 1" in captured.out
         assert "2 frame(s) answered (2 ok, 0 failed), 1 image(s) skipped" in captured.out
-        assert "UNTRAINED WEIGHTS" in captured.err and "broken.png: not a readable image" in captured.err
+        assert "UNTRAINED WEIGHTS" in captured.err and "broken.png: not an image PIL can read" in captured.err
 
     def test_all_frames_failing_exits_1(self, peer, tiny_bundle, image_dir, capsys):
         servicer, target, _ = peer

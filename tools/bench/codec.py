@@ -34,6 +34,7 @@ import torch
 
 from ...shared.codec import DEFAULT_LEARNED_CODEC, make_codec
 from ...shared.errors import FpnlinkError
+from ...shared.imageio import to_tensor
 from ...shared.model import TRANSMITTED_SCALES, ModelConfig, load_bundle
 from ..codec.crosscheck import cross_process_check
 from ..codec.evaluate import evaluate_codec
@@ -49,7 +50,7 @@ DEFAULT_RD_SIZE = 512
 
 def _scene(seed: int, height: int, width: int) -> torch.Tensor:
     image = render_image(np.random.default_rng([seed, 0]), max(height, width))[:height, :width]
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+    return to_tensor(np.ascontiguousarray(image))
 
 
 def _heldout(weights: str, size: int, count: int) -> FeatureShards:

@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, FeatureCodec, make_codec
 from fpnlink.shared.errors import FpnlinkError
+from fpnlink.shared.imageio import to_tensor
 from fpnlink.shared.mfiba import FullMfip, Profile, RateController, calibrate, load_profile, quality_levels
 from fpnlink.shared.model import (
     TASK_ARCH, TRANSMITTED_SCALES, CloudHalf, EdgeHalf, ModelBundle, ModelConfig, load_bundle, shared_cloud_half,
@@ -68,7 +69,7 @@ from fpnlink.shared.model import (
 from fpnlink.shared.wire import FrameHeader, build_frame
 
 from ..image_coding import decode_image, encode_image
-from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset, to_tensor
+from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset
 from ..devices import resolve_device
 from .common import machine, median_ms, write_json
 from .rd_report import CONFIGS, LABELS, bd_rate_report, render_markdown, write_plots

@@ -19,6 +19,7 @@ from fpnlink.cloud.service import CloudService
 from fpnlink.cloud.settings import CloudSettings
 from fpnlink.edge import Client, EdgeAgent
 from fpnlink.shared.codec import make_codec
+from fpnlink.shared.imageio import to_tensor
 from fpnlink.shared.model import TASK_ARCH, TASKS, ModelBundle, ModelConfig, load_bundle
 from fpnlink.shared.wire import PB_TO_TASK, pb
 
@@ -36,7 +37,7 @@ def scene(height: int, width: int, seed: int = 0) -> torch.Tensor:
     image, _ = render_scene(np.random.default_rng(seed), max(height, width))
     top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
     crop = image[top:top + height, left:left + width]
-    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255
+    return to_tensor(np.ascontiguousarray(crop))
 
 
 def compare_with_monolith(bundle: ModelBundle, image: torch.Tensor, result: pb.Result,

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+from fpnlink.shared.imageio import IMAGE_SUFFIXES, read_image, to_tensor
+
 _SYNTH = re.compile(r"^synth:(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -39,16 +39,12 @@ def render_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return render_scene(rng, size)[0]
 
 
-def _to_tensor(image: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255
-
-
 def iter_images(data: str, limit: int | None = None) -> Iterator[tuple[str, Tensor]]:
     """``(name, [3, H, W] float in [0, 1])`` from a folder, a COCO json or ``synth:N[:SEED[:SIZE]]``."""
     if match := _SYNTH.match(data):
         count, seed, size = int(match.group(1)), int(match.group(2) or 0), int(match.group(3) or 512)
         for i in range(count if limit is None else min(count, limit)):
-            yield f"synth:{seed}:{i}", _to_tensor(render_image(np.random.default_rng([seed, i]), size))
+            yield f"synth:{seed}:{i}", to_tensor(render_image(np.random.default_rng([seed, i]), size))
         return
     path = Path(data)
     if path.is_file() and path.suffix == ".json":
@@ -60,8 +56,7 @@ def iter_images(data: str, limit: int | None = None) -> Iterator[tuple[str, Tens
     if not files:
         raise ValueError(f"no images found in {data}")
     for file in files[:limit]:
-        with Image.open(file) as image:
-            yield str(file), _to_tensor(np.asarray(image.convert("RGB")))
+        yield str(file), read_image(file)
 
 
 def _coco_files(annotations: Path) -> list[Path]:
