@@ -9,8 +9,11 @@ route                      what
 ``GET /healthz``           liveness: 200 while the process serves HTTP
 ``GET /readyz``            readiness: 503 until the engine is loaded and warmed up
 ``GET /metrics``           Prometheus text from the service's own registry
-``GET /docs``              OpenAPI (FastAPI's default)
+``GET /docs``              Swagger UI, its assets served by the app itself (works offline)
 =========================  ============================================================================
+
+Routes that send frames need scope ``ingest``, capabilities ``ingest`` or ``read`` (see :mod:`.auth`);
+health, readiness, metrics and the docs are open.
 
 Errors come back as ``{"error": {"code": GRPC_STATUS_NAME, "message": ...}}`` with the HTTP status of
 :mod:`.errors`; every route goes through one error mapper (:class:`_MappedErrorsRoute`).
@@ -21,15 +24,18 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from fpnlink.shared.errors import BadFrameError
 from fpnlink.shared.wire import PB_TO_TASK, pb, result_to_dict
 
+from .auth import INGEST, READ, rest_dependency
 from .bodylimit import BodyLimitMiddleware
 from .errors import map_error
 
@@ -139,7 +145,7 @@ class Readiness(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 409, 413, 422, 500, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 409, 413, 422, 500, 503)
 }
 
 
@@ -150,7 +156,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     """The app's one error mapper: fpnlink errors -> 4xx/503, anything else -> 500 (logged)."""
     mapped = map_error(exc)
     body = ErrorResponse(error=ErrorBody(code=mapped.code.name, message=mapped.message))
-    return JSONResponse(body.model_dump(), status_code=mapped.http_status)
+    headers = {"WWW-Authenticate": "Bearer"} if mapped.http_status == 401 else None
+    return JSONResponse(body.model_dump(), status_code=mapped.http_status, headers=headers)
 
 
 class _MappedErrorsRoute(APIRoute):
@@ -179,21 +186,27 @@ def parse_tasks(text: str) -> list[str]:
     return tasks
 
 
+def requires(service: CloudService, *scopes: str) -> DependsParam:
+    """A route dependency: the caller's token must hold one of ``scopes`` (401/403 otherwise)."""
+    return Depends(rest_dependency(service.authenticator, scopes, service.metrics.record_auth_failure))
+
+
 # ------------------------------------------------------------------------------------------------- app
 
 
 def create_app(service: CloudService) -> FastAPI:
     """The REST app over ``service``; builds nothing heavy (readiness follows the service's setup)."""
     settings = service.settings
-    app = FastAPI(
+    app = FastAPIOffline(
         title="fpnlink cloud",
         version="1",
         description="R-CNN heads over coded ResNet50-FPN features (the same engine as the gRPC FeatureLink).",
     )
     router = APIRouter(route_class=_MappedErrorsRoute)
+    ingest, ingest_or_read = [requires(service, INGEST)], [requires(service, INGEST, READ)]
 
     @router.post("/v1/analyze", response_model=ResultModel, response_model_exclude_none=True,
-                 responses=ERROR_RESPONSES)
+                 responses=ERROR_RESPONSES, dependencies=ingest)
     async def analyze(
         image: UploadFile = File(..., description="an image file (JPEG, PNG, ...)"),
         tasks_query: str | None = Query(None, alias="tasks", description="comma-separated tasks"),
@@ -205,7 +218,7 @@ def create_app(service: CloudService) -> FastAPI:
         return ResultModel.from_pb(await service.analyze_upload(data, tasks, TRANSPORT))
 
     @router.post("/v1/frames", response_model=ResultModel, response_model_exclude_none=True,
-                 responses=ERROR_RESPONSES,
+                 responses=ERROR_RESPONSES, dependencies=ingest,
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}}})
     async def frames(request: Request) -> ResultModel:
@@ -220,7 +233,8 @@ def create_app(service: CloudService) -> FastAPI:
             raise outcome.error
         return ResultModel.from_pb(outcome.result)
 
-    @router.get("/v1/capabilities", response_model=CapabilitiesModel, responses=ERROR_RESPONSES)
+    @router.get("/v1/capabilities", response_model=CapabilitiesModel, responses=ERROR_RESPONSES,
+                dependencies=ingest_or_read)
     async def capabilities() -> CapabilitiesModel:
         """What the edge must match: backbone fingerprints, codecs, input sizes, limits."""
         return CapabilitiesModel.from_pb(service.capabilities())

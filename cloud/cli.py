@@ -8,13 +8,15 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import ValidationError
 
-from fpnlink.shared.errors import FpnlinkError
+from fpnlink.shared.errors import ConfigError, FpnlinkError
 
 from .service import BundleLoader, CloudService
 from .settings import CloudSettings
+from .tokens import SCOPES, add_token
 
 logger = logging.getLogger("fpnlink.cloud")
 
@@ -36,6 +38,10 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--workers", int, "engine worker threads"),
     ("--cache-size", int, "recent results kept for resent frames"),
     ("--grace-s", float, "seconds in-flight requests get at shutdown"),
+    ("--tls-cert", str, "PEM server certificate chain: gRPC and REST serve TLS (with --tls-key)"),
+    ("--tls-key", str, "PEM key of --tls-cert"),
+    ("--tls-client-ca", str, "PEM CA of the devices' client certificates: gRPC requires mutual TLS"),
+    ("--token-file", str, "bearer-token hashes and scopes (fpnlink-cloud token add writes it)"),
 )
 
 
@@ -51,7 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="report ready without running each model once first")
     serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
                        help="logging level (default info)")
+    token = subparsers.add_parser("token", help="manage the bearer-token file")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    add = token_commands.add_parser("add", help="create a token, store its hash, print the token once")
+    add.add_argument("--file", required=True, type=Path, help="token file (created 0600 when missing)")
+    add.add_argument("--name", required=True, help="who holds the token (a device, a dashboard)")
+    add.add_argument("--scopes", required=True, help=f"comma-separated subset of {','.join(SCOPES)}")
     return parser
+
+
+def token_add(args: argparse.Namespace) -> int:
+    """``fpnlink-cloud token add``: prints the new token on stdout, nothing else."""
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    try:
+        print(add_token(args.file, args.name, scopes))
+    except ConfigError as exc:
+        print(f"fpnlink-cloud: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> CloudSettings:
@@ -103,6 +126,8 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return token_add(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

@@ -12,6 +12,8 @@ error                           gRPC status             HTTP  meaning
 ``UnsupportedError``            ``UNIMPLEMENTED``       422   unknown codec or task, or a model not held
 ``FingerprintMismatchError``    ``FAILED_PRECONDITION`` 409   features or codec from other weights/settings
 ``LimitExceededError``          ``RESOURCE_EXHAUSTED``  413   a size limit (bytes, pixels) is exceeded
+``UnauthenticatedError``        ``UNAUTHENTICATED``     401   no token, or a token the service does not know
+``PermissionDeniedError``       ``PERMISSION_DENIED``   403   a token without the scope, another device's stream
 ``NotReadyError``               ``UNAVAILABLE``         503   weights still loading, or the results store
                                                               unreachable or its queue full; retry later
 anything else                   ``INTERNAL``            500   a bug: logged with its traceback
@@ -32,7 +34,7 @@ import grpc
 
 from fpnlink.shared.errors import (
     BadFrameError, CodecError, FingerprintMismatchError, InvalidArgumentError, LimitExceededError, NotFoundError,
-    NotReadyError, UnsupportedError,
+    NotReadyError, PermissionDeniedError, UnauthenticatedError, UnsupportedError,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ _TABLE: tuple[tuple[type[Exception], grpc.StatusCode, int], ...] = (
     (FingerprintMismatchError, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE, 503),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED, 401),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, 403),
 )
 
 

@@ -4,26 +4,36 @@ The transports call the ``record_*`` methods after each request; a failing metri
 swallowed, never failing the request. Each :class:`CloudMetrics` owns its own ``CollectorRegistry``, so
 several servers can live in one process (tests, the in-process demo).
 
-=====================================  =========  =====================  ==========================================
-metric                                 type       labels                 what
-=====================================  =========  =====================  ==========================================
-``fpnlink_cloud_frames_total``         counter    transport, codec       frames answered with a result
-``fpnlink_cloud_frame_bytes_total``    counter    transport, codec       serialized bytes of those frames
-``fpnlink_cloud_frame_bytes_size``     histogram  transport              serialized frame size
-``fpnlink_cloud_images_total``         counter    transport              images analyzed (REST ``/v1/analyze``)
-``fpnlink_cloud_stage_seconds``        histogram  stage                  decode, backbone, heads, total
-``fpnlink_cloud_errors_total``         counter    transport, code        failed requests by gRPC status name
-``fpnlink_cloud_scale_phi``            gauge      scale                  rate parameter of the last frame
-``fpnlink_cloud_scale_planned_bits``   histogram  scale                  edge's planned bits (when planned)
-``fpnlink_cloud_scale_actual_bits``    histogram  scale                  ``8 * len(payload)``
-``fpnlink_cloud_ready``                gauge                             1 once the engine is warmed up
-=====================================  =========  =====================  ==========================================
+Names follow Prometheus conventions: base units in the name (``_seconds``, ``_bytes``), ``_total`` on
+counters, a histogram for every size and latency.
+
+==========================================  =========  ================  =========================================
+metric                                      type       labels            what
+==========================================  =========  ================  =========================================
+``fpnlink_cloud_frames_total``              counter    transport, codec  frames answered with a result
+``fpnlink_cloud_frame_bytes_total``         counter    transport, codec  serialized bytes of those frames
+``fpnlink_cloud_frame_size_bytes``          histogram  transport         serialized frame size
+``fpnlink_cloud_images_total``              counter    transport         images analyzed (REST ``/v1/analyze``)
+``fpnlink_cloud_stage_seconds``             histogram  stage             decode, backbone, heads, total
+``fpnlink_cloud_capture_to_result_seconds`` histogram  transport         result time minus ``capture_time_us``
+                                                                         (edge clock; skewed clocks bias it)
+``fpnlink_cloud_queue_wait_seconds``        histogram                    time a frame waits for an engine worker
+``fpnlink_cloud_queue_depth``               gauge                        frames waiting for or on a worker
+``fpnlink_cloud_errors_total``              counter    transport, code   failed requests by gRPC status name
+``fpnlink_cloud_auth_failures_total``       counter    transport, code   calls refused: UNAUTHENTICATED or
+                                                                         PERMISSION_DENIED
+``fpnlink_cloud_scale_phi``                 gauge      scale             rate parameter of the last frame
+``fpnlink_cloud_scale_planned_bytes``       histogram  scale             edge's planned bytes (when planned)
+``fpnlink_cloud_scale_payload_bytes``       histogram  scale             payload bytes per scale
+``fpnlink_cloud_ready``                     gauge                        1 once the engine is warmed up
+==========================================  =========  ================  =========================================
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import ParamSpec
 
@@ -37,7 +47,7 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 NAMESPACE = "fpnlink_cloud"
 BYTE_BUCKETS = tuple(float(4**k * 1024) for k in range(10))  # 1 KiB .. 256 MiB
-BIT_BUCKETS = tuple(float(4**k * 8 * 1024) for k in range(10))
+SCALE_BYTE_BUCKETS = tuple(float(4**k * 64) for k in range(12))  # 64 B .. 256 MiB
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -67,32 +77,49 @@ class CloudMetrics:
         self.frames = Counter("frames", "Frames answered with a result.", ["transport", "codec"], **kw)
         self.frame_bytes_total = Counter("frame_bytes", "Serialized frame bytes received (answered frames).",
                                          ["transport", "codec"], **kw)
-        self.frame_bytes = Histogram("frame_bytes_size", "Serialized frame size in bytes.", ["transport"],
-                                     buckets=BYTE_BUCKETS, **kw)
+        self.frame_size = Histogram("frame_size_bytes", "Serialized frame size.", ["transport"],
+                                    buckets=BYTE_BUCKETS, **kw)
         self.images = Counter("images", "Images analyzed without coding.", ["transport"], **kw)
         self.stage_seconds = Histogram("stage_seconds", "Cloud stage latency.", ["stage"], buckets=SECOND_BUCKETS,
                                        **kw)
+        self.capture_to_result = Histogram("capture_to_result_seconds",
+                                           "Result time minus the frame's capture time (edge clock).",
+                                           ["transport"], buckets=SECOND_BUCKETS, **kw)
+        self.queue_wait = Histogram("queue_wait_seconds", "Time a frame waits for an engine worker.",
+                                    buckets=SECOND_BUCKETS, **kw)
+        self.queue_depth = Gauge("queue_depth", "Frames waiting for or on an engine worker.", **kw)
         self.errors = Counter("errors", "Failed requests by gRPC status code name.", ["transport", "code"], **kw)
+        self.auth_failures = Counter("auth_failures", "Calls refused for missing or insufficient credentials.",
+                                     ["transport", "code"], **kw)
         self.scale_phi = Gauge("scale_phi", "Rate parameter phi of the last frame, per FPN scale.", ["scale"], **kw)
-        self.scale_planned_bits = Histogram("scale_planned_bits", "Bits the edge planned per scale (when planned).",
-                                            ["scale"], buckets=BIT_BUCKETS, **kw)
-        self.scale_actual_bits = Histogram("scale_actual_bits", "Payload bits per scale (8 * payload bytes).",
-                                           ["scale"], buckets=BIT_BUCKETS, **kw)
+        self.scale_planned = Histogram("scale_planned_bytes", "Bytes the edge planned per scale (when planned).",
+                                       ["scale"], buckets=SCALE_BYTE_BUCKETS, **kw)
+        self.scale_payload = Histogram("scale_payload_bytes", "Payload bytes per scale.", ["scale"],
+                                       buckets=SCALE_BYTE_BUCKETS, **kw)
         self.ready = Gauge("ready", "1 once the engine is loaded and warmed up.", **kw)
 
     @_never_raise
-    def record_frame(self, transport: str, frame: pb.FeatureFrame, result: pb.Result) -> None:
-        """An answered frame: counts, bytes, stage latencies and per-scale rate."""
+    def record_frame(self, transport: str, frame: pb.FeatureFrame, result: pb.Result,
+                     now_us: int | None = None) -> None:
+        """An answered frame: counts, bytes, stage latencies, capture-to-result latency and per-scale rate.
+
+        Args:
+            now_us: the result's wall-clock time in microseconds (now when None); a frame without a capture
+                time, or captured "after" it (clock skew), adds no capture-to-result sample.
+        """
         self.frames.labels(transport, frame.codec).inc()
         self.frame_bytes_total.labels(transport, frame.codec).inc(result.frame_bytes)
-        self.frame_bytes.labels(transport).observe(result.frame_bytes)
+        self.frame_size.labels(transport).observe(result.frame_bytes)
         self._record_stages(result)
+        now_us = time.time_ns() // 1000 if now_us is None else now_us
+        if 0 < frame.capture_time_us <= now_us:
+            self.capture_to_result.labels(transport).observe((now_us - frame.capture_time_us) / 1e6)
         for scale in frame.scales:
             label = SCALE_NAMES.get(scale.name, scale.name)
             self.scale_phi.labels(label).set(scale.phi)
-            self.scale_actual_bits.labels(label).observe(8 * len(scale.payload))
+            self.scale_payload.labels(label).observe(len(scale.payload))
             if scale.planned_bits:
-                self.scale_planned_bits.labels(label).observe(scale.planned_bits)
+                self.scale_planned.labels(label).observe(scale.planned_bits / 8)
 
     @_never_raise
     def record_image(self, transport: str, result: pb.Result) -> None:
@@ -104,6 +131,20 @@ class CloudMetrics:
     def record_error(self, transport: str, code: str) -> None:
         """A failed request, by gRPC status code name (e.g. ``INVALID_ARGUMENT``)."""
         self.errors.labels(transport, code).inc()
+
+    @_never_raise
+    def record_auth_failure(self, transport: str, code: str) -> None:
+        """A call refused by authentication (``UNAUTHENTICATED``) or authorization (``PERMISSION_DENIED``)."""
+        self.auth_failures.labels(transport, code).inc()
+
+    @_never_raise
+    def record_queue_wait(self, seconds: float) -> None:
+        """How long a frame waited before a worker took it."""
+        self.queue_wait.observe(seconds)
+
+    @_never_raise
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth.set(depth)
 
     @_never_raise
     def set_ready(self, ready: bool) -> None:

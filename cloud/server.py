@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fpnlink.shared.wire import pb
 
+from .auth import TokenInterceptor, peer_device_id
 from .errors import map_error
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class FeatureLinkServicer:
         self.service = service
 
     async def Analyze(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Result:
-        outcome = await self.service.handle_frame(request, TRANSPORT)
+        outcome = await self.service.handle_frame(request, TRANSPORT, device_id=peer_device_id(context))
         if outcome.error is not None:
             mapped = map_error(outcome.error)
             await context.abort(mapped.code, mapped.message)
@@ -55,8 +56,9 @@ class FeatureLinkServicer:
 
     async def Stream(self, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Result]:
+        device_id = peer_device_id(context)
         async for request in requests:
-            outcome = await self.service.handle_frame(request, TRANSPORT)
+            outcome = await self.service.handle_frame(request, TRANSPORT, device_id=device_id)
             yield outcome.result if outcome.error is None else self._error_result(outcome)
 
     async def GetCapabilities(self, request: pb.CapabilitiesRequest,
@@ -97,6 +99,9 @@ def add_feature_link(servicer: FeatureLinkServicer, server: grpc.aio.Server) -> 
 def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
     """A bound (not yet started) ``grpc.aio`` server with FeatureLink, health and reflection.
 
+    With ``service.tls`` it listens with TLS (mutual when a client CA is set); with tokens enabled a
+    :class:`~.auth.TokenInterceptor` checks every call but health.
+
     Returns:
         The server and the port it bound (``settings.grpc_port``, or the ephemeral port for 0).
     """
@@ -104,6 +109,8 @@ def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[g
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        interceptors=[TokenInterceptor(service.authenticator, service.metrics.record_auth_failure)]
+        if service.authenticator.enabled else None,
     )
     add_feature_link(FeatureLinkServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
@@ -114,7 +121,8 @@ def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[g
     host = settings.host
     address = f"[{host}]:{settings.grpc_port}" if ":" in host and not host.startswith("[") else \
         f"{host}:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
+    tls = service.tls
+    port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"gRPC server could not bind {address}")
     return server, port

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -35,12 +37,15 @@ from fpnlink.shared.model import ModelBundle, load_bundle
 from fpnlink.shared.wire import pb
 
 from .api import create_app
+from .auth import Authenticator, check_stream_owner
 from .engine import CloudEngine, decode_frame, frame_digest
 from .errors import status_for
 from .imageio import decode_image
 from .metrics import CloudMetrics
 from .server import SERVICE_NAME, build_grpc_server
 from .settings import CloudSettings
+from .tls import ServerTLS, load_server_tls
+from .tokens import load_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +68,14 @@ class FrameOutcome:
         result: the Result, None on failure.
         error: the failure, None on success.
         frame_bytes: size of the received message.
+        device_id: the sender's mutual-TLS identity (certificate common name), None without one.
     """
 
     frame: pb.FeatureFrame | None
     result: pb.Result | None
     error: Exception | None
     frame_bytes: int
+    device_id: str | None = None
 
 
 class CloudService:
@@ -78,16 +85,24 @@ class CloudService:
         settings: process settings; ``CloudSettings()`` (environment) when omitted.
         bundle_loader: builds the model bundle from the settings (runs in a worker thread at startup);
             :func:`load_settings_bundle` by default. Tests pass a prebuilt bundle this way.
+
+    Raises:
+        ConfigError: the token file or a TLS file is unreadable or malformed (read here, at construction).
     """
 
     def __init__(self, settings: CloudSettings | None = None, *, bundle_loader: BundleLoader | None = None) -> None:
         self.settings = settings if settings is not None else CloudSettings()
         self.metrics = CloudMetrics()
+        settings = self.settings
+        self.authenticator = Authenticator(load_tokens(settings.token_file) if settings.token_file else None)
+        self.tls: ServerTLS | None = load_server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca) \
+            if settings.tls_cert is not None else None
         self.health = health.aio.HealthServicer()
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self.setup_error: Exception | None = None
         self._stopping = False
+        self._queued = 0
         self._loader = bundle_loader or load_settings_bundle
         self._engine: CloudEngine | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -124,27 +139,38 @@ class CloudService:
 
     # ------------------------------------------------------------------------------------------- requests
 
-    async def handle_frame(self, data: bytes, transport: str) -> FrameOutcome:
+    async def handle_frame(self, data: bytes, transport: str, *, device_id: str | None = None) -> FrameOutcome:
         """Parse, validate, decode and run one serialized frame in the thread pool; never raises for a bad frame.
+
+        ``device_id`` (mutual TLS) must own the frame's stream (``PermissionDeniedError`` otherwise); it is
+        kept in the outcome so that the frame is stored with it.
 
         Metrics are recorded here, for success and failure alike. Before the engine is ready the frame is
         still parsed, so that its ``UNAVAILABLE`` answer carries the stream and frame ids.
         """
-        outcome = await self._run(self._frame_job, data)
+        self._queued += 1
+        self.metrics.set_queue_depth(self._queued)
+        try:
+            outcome = await self._run(self._frame_job, data, device_id, time.perf_counter())
+        finally:
+            self._queued -= 1
+            self.metrics.set_queue_depth(self._queued)
         if outcome.error is None:
             self.metrics.record_frame(transport, outcome.frame, outcome.result)
         else:
             self.metrics.record_error(transport, status_for(outcome.error)[0].name)
         return outcome
 
-    def _frame_job(self, data: bytes) -> FrameOutcome:
+    def _frame_job(self, data: bytes, device_id: str | None, queued: float) -> FrameOutcome:
+        self.metrics.record_queue_wait(time.perf_counter() - queued)
         frame = None
         try:
             frame = decode_frame(data, self.settings.max_frame_bytes)
+            check_stream_owner(device_id, frame.stream_id)
             result = self.engine.process(frame, len(data), digest=frame_digest(data))
         except Exception as exc:  # every failure becomes an outcome; the transport maps it
-            return FrameOutcome(frame, None, exc, len(data))
-        return FrameOutcome(frame, result, None, len(data))
+            return FrameOutcome(frame, None, exc, len(data), device_id)
+        return FrameOutcome(frame, result, None, len(data), device_id)
 
     async def analyze_upload(self, data: bytes, tasks: Sequence[str], transport: str = "rest") -> pb.Result:
         """Decode an uploaded image and run the whole detector on it; raises fpnlink errors."""
@@ -183,8 +209,13 @@ class CloudService:
         except BaseException:
             await self.stop(grace=0)
             raise
-        logger.info("fpnlink cloud listening: gRPC %s:%d, HTTP %s:%d", settings.host, self.grpc_port,
-                    settings.host, self.http_port)
+        logger.info("fpnlink cloud listening: gRPC %s:%d, HTTP %s:%d (%s, tokens %s)", settings.host, self.grpc_port,
+                    settings.host, self.http_port, _tls_mode(self.tls), "on" if self.authenticator.enabled else "off")
+        if not _is_loopback(settings.host) and (self.tls is None or not self.authenticator.enabled):
+            logger.warning("serving on non-loopback address %s without %s: anyone who can reach the ports can "
+                           "send and read; set tls_cert/tls_key (and tls_client_ca) and token_file",
+                           settings.host, " or ".join(
+                               n for n, on in (("TLS", self.tls), ("tokens", self.authenticator.enabled)) if not on))
         self._setup_task = asyncio.create_task(self._setup(SERVICE_NAME), name="fpnlink-setup")
 
     async def _start_http(self, app: object) -> None:
@@ -192,7 +223,8 @@ class CloudService:
         sock = _bind_socket(settings.host, settings.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=settings.log_level,
-                                access_log=False, timeout_graceful_shutdown=max(1, int(settings.grace_s)))
+                                access_log=False, timeout_graceful_shutdown=max(1, int(settings.grace_s)),
+                                **(self.tls.uvicorn_options() if self.tls else {}))
         self._http_server = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self._http_server.serve(sockets=[sock]), name="fpnlink-http")
         while not self._http_server.started:
@@ -322,7 +354,8 @@ class BackgroundService:
 
     @property
     def http_url(self) -> str:
-        return f"http://{_client_host(self.service.settings.host)}:{self.http_port}"
+        scheme = "https" if self.service.tls else "http"
+        return f"{scheme}://{_client_host(self.service.settings.host)}:{self.http_port}"
 
     def wait_ready(self, timeout: float | None = None) -> None:
         asyncio.run_coroutine_threadsafe(self.service.wait_ready(timeout), self._loop).result()
@@ -369,6 +402,22 @@ def _bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _tls_mode(tls: ServerTLS | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "mutual TLS" if tls.mutual else "TLS"
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or name (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _client_host(host: str) -> str:

@@ -41,6 +41,10 @@ class CloudSettings(BaseSettings):
         cache_size: recent results kept for resent frames.
         warmup: run every model once before reporting ready.
         grace_s: seconds in-flight requests get at shutdown.
+        tls_cert, tls_key: PEM server certificate chain and key; gRPC and REST serve TLS when set.
+        tls_client_ca: PEM CA bundle; gRPC then requires client certificates it signed (mutual TLS), and
+            the certificate's common name is the device identity (it may write only its own streams).
+        token_file: bearer-token hashes and scopes (see :mod:`.tokens`); without one every call is allowed.
     """
 
     model_config = SettingsConfigDict(env_prefix="FPNLINK_CLOUD_", extra="forbid")
@@ -66,11 +70,19 @@ class CloudSettings(BaseSettings):
     warmup: bool = True
     grace_s: float = Field(5.0, ge=0.0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    token_file: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> CloudSettings:
         if self.min_size > self.max_size:
             raise ValueError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
         if self.codec_checkpoint is not None:
             if not self.codec_checkpoint.is_file():
                 raise ValueError(f"codec_checkpoint {self.codec_checkpoint} is not a file")

@@ -10,8 +10,8 @@
 Every frame is checked against the server's capabilities (tasks, backbone and codec fingerprints,
 size cap) before it is sent, so a mismatch fails here with both fingerprints named rather than as
 a string of per-frame errors. Every gRPC failure surfaces as :class:`LinkError`, which carries the
-status code. Unary calls are retried on UNAVAILABLE (a frame id is idempotent); a stream is not
-resumed.
+status code. Unary calls are retried on UNAVAILABLE (a frame id is idempotent); :meth:`Client.stream` is
+not resumed: :class:`~fpnlink.edge.forward.Forwarder` resumes from the spool.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -30,12 +31,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..shared.errors import FingerprintMismatchError, FpnlinkError, LimitExceededError, UnsupportedError
 from ..shared.wire import PB_TO_TASK, TASK_TO_PB, pb, pb_grpc
+from .credentials import channel_credentials
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["FeatureLink"].full_name
 """``fpnlink.v1.FeatureLink``: the service whose health :meth:`Client.wait_ready` asks for."""
 MAX_BACKOFF_S = 5.0
 READY_POLL_S = 0.2
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),  # a ping after 30 s without traffic ...
+    ("grpc.keepalive_timeout_ms", 10_000),  # ... unanswered for 10 s ends the call: a dead link is noticed
+    ("grpc.keepalive_permit_without_calls", 0),  # servers refuse idle pings by default (too_many_pings)
+    ("grpc.http2.max_pings_without_data", 0),
+)
+"""Channel keepalives: a half-open connection (a pulled cable, a NAT that forgot us) fails within ~40 s."""
 
 _HINTS = {
     grpc.StatusCode.UNAVAILABLE: "is fpnlink-cloud serving gRPC at {target}?",
@@ -123,7 +132,9 @@ class Client:
         timeout_s: deadline of each unary call.
         retries: extra attempts of a unary call that failed with UNAVAILABLE.
         backoff_s: sleep before the first retry, doubled at each further one (at most 5 s).
-        credentials: TLS channel credentials; None for a plaintext channel.
+        credentials: channel credentials built by the caller; excludes the four below.
+        tls_ca, tls_cert, tls_key, token: TLS trust, client certificate and bearer token (see
+            :func:`~.credentials.channel_credentials`); none of them: a plaintext channel.
     """
 
     def __init__(
@@ -134,6 +145,11 @@ class Client:
         retries: int = 3,
         backoff_s: float = 0.2,
         credentials: grpc.ChannelCredentials | None = None,
+        *,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: str | None = None,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port, got an empty string")
@@ -148,9 +164,14 @@ class Client:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        if credentials is not None and (tls_ca or tls_cert or tls_key or token):
+            raise ValueError("give either credentials or tls_ca/tls_cert/tls_key/token, not both")
+        if credentials is None:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key, token)
         options = [
             ("grpc.max_send_message_length", max_frame_bytes),
             ("grpc.max_receive_message_length", max_frame_bytes),
+            *KEEPALIVE_OPTIONS,
         ]
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
@@ -339,6 +360,13 @@ class Client:
             missing = sorted(sent_at)
             raise LinkError("Stream", self.target, None,
                             f"stream ended without results for {len(missing)} frame(s), ids {missing[:10]}")
+
+    def open_stream(self, frames: Iterable[pb.FeatureFrame], timeout_s: float | None = None) -> Any:
+        """Start a bare Stream call (no checks, no bookkeeping): the call iterates results and can be cancelled.
+
+        :class:`~fpnlink.edge.forward.Forwarder` builds store-and-forward on it; use :meth:`stream` otherwise.
+        """
+        return self._stub.Stream(iter(frames), timeout=timeout_s)
 
     def check_frame(self, frame: pb.FeatureFrame, caps: pb.Capabilities) -> None:
         """Check one frame against ``caps`` and the size caps of both sides (no call is made)."""

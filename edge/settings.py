@@ -42,6 +42,11 @@ class EdgeSettings(BaseSettings):
         recursive: read images in subfolders of a folder source.
         max_frame_bytes: largest message sent or received.
         connect_timeout_s: how long to wait for the cloud to be SERVING.
+        tls_ca: PEM CA that signed the cloud's certificate; TLS when set.
+        tls_cert, tls_key: this device's PEM client certificate and key (mutual TLS); the certificate's
+            common name is the device identity, and the default stream id starts with it.
+        token: bearer token with scope ``ingest`` (prefer ``FPNLINK_EDGE_TOKEN`` to the flag, which ``ps``
+            shows).
     """
 
     model_config = SettingsConfigDict(env_prefix="FPNLINK_EDGE_", extra="forbid")
@@ -63,6 +68,10 @@ class EdgeSettings(BaseSettings):
     recursive: bool = False
     max_frame_bytes: int = Field(DEFAULT_MAX_FRAME_BYTES, ge=1024)
     connect_timeout_s: float = Field(10.0, gt=0)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = Field(None, repr=False, min_length=1)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -114,6 +123,14 @@ class EdgeSettings(BaseSettings):
             raise ValueError("give either phi (fixed rate) or budget (MFIBA rate control), not both")
         if self.budget is not None and self.profile is None:
             raise ValueError("a budget needs an MFIBA profile (--profile, from `fpnlink mfiba calibrate`)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (mutual TLS): give both or neither")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("a client certificate needs tls_ca, the CA that signed the cloud's certificate")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a file")
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} exceeds max_size {self.max_size}")
         return self

@@ -39,3 +39,15 @@ class InvalidArgumentError(FpnlinkError, ValueError):
 
 class NotFoundError(FpnlinkError, LookupError):
     """A stored stream or frame that the request names does not exist."""
+
+
+class UnauthenticatedError(FpnlinkError):
+    """A request carries no credentials, or credentials the service does not know."""
+
+
+class PermissionDeniedError(FpnlinkError):
+    """Known credentials that do not allow this request (a missing scope, another device's stream)."""
+
+
+class ConfigError(FpnlinkError, ValueError):
+    """A configuration file (token file, certificate, key) is missing or malformed."""

@@ -153,5 +153,5 @@ class TestService:
         assert 'fpnlink_cloud_frames_total{codec="quant",transport="rest"}' in text
         assert 'fpnlink_cloud_errors_total{code="INVALID_ARGUMENT",transport="rest"}' in text
         assert 'fpnlink_cloud_stage_seconds_bucket{le="+Inf",stage="heads"}' in text
-        assert 'fpnlink_cloud_scale_actual_bits_count{scale="P2"}' in text
+        assert 'fpnlink_cloud_scale_payload_bytes_count{scale="P2"}' in text
         assert "fpnlink_cloud_ready 1.0" in text
