@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from pydantic import ValidationError
 
 from fpnlink.shared.errors import ConfigError, FpnlinkError
@@ -34,8 +35,13 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--codec-checkpoint", str, "weights of the learned codec (default: the shipped one); same backbone weights"),
     ("--max-frame-bytes", int, "largest serialized frame accepted (gRPC message limit)"),
     ("--max-upload-bytes", int, "largest /v1/analyze upload"),
-    ("--threads", int, "torch intra-op threads"),
-    ("--workers", int, "engine worker threads"),
+    ("--threads", int, "torch intra-op threads (set for the whole process)"),
+    ("--workers", int, "engine worker threads (batches run at once)"),
+    ("--max-batch-size", int, "most frames of one task set and input size run as one batch"),
+    ("--max-queue-delay-ms", float, "longest a frame waits for others of its kind once a worker is free"),
+    ("--max-queue", int, "frames of all streams waiting for a batch (beyond: RESOURCE_EXHAUSTED + retry hint)"),
+    ("--queue-deadline-s", float, "longest a frame waits in the queue (beyond: DEADLINE_EXCEEDED)"),
+    ("--stream-in-flight", int, "frames of one Stream call in flight at once (answered as they finish)"),
     ("--cache-size", int, "recent results kept for resent frames"),
     ("--grace-s", float, "seconds in-flight requests get at shutdown"),
     ("--tls-cert", str, "PEM server certificate chain: gRPC and REST serve TLS (with --tls-key)"),
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings.weights.startswith("random"):
         logger.warning("weights %r are random and UNTRAINED: results are labelled trained=false and mean nothing",
                        settings.weights)
+    if settings.threads is not None:  # the process owner sets torch's threads, once, for the whole process
+        torch.set_num_threads(settings.threads)
     try:
         return asyncio.run(serve(settings))
     except (FpnlinkError, OSError) as exc:  # e.g. a port already in use

@@ -12,6 +12,11 @@ When the architectures of a frame's tasks share backbone, RPN and box head (fpnl
 and every task's branch on its detections; otherwise (torchvision's COCO models) each task runs its own
 cloud half. Which architectures share is decided once, at construction (``shared_heads``, logged).
 
+Frames batch: :meth:`CloudEngine.prepare` validates one frame (cheap, no decoding), and
+:meth:`CloudEngine.run_batch` decodes a batch of prepared frames with equal ``batch_key`` (same tasks, same
+network-input size) and runs their heads in one pass over the stacked features; a frame that fails fails
+alone. :meth:`CloudEngine.process` is both for one frame. The codecs with weights run on the engine's device.
+
 A frame is idempotent: the same ``(stream_id, frame_id, frame bytes)`` yields the same Result, and a small
 LRU of recent results answers a resent frame without recomputing it.
 """
@@ -25,17 +30,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from google.protobuf.message import DecodeError
 from torch import Tensor
 
-from fpnlink.shared.codec import FeatureCodec, available_codecs, make_codec
+from fpnlink.shared.codec import FeatureCodec, ScaleRecord, available_codecs, codec_has_weights, make_codec
 from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
 from fpnlink.shared.model import TASK_ARCH, ModelBundle
 from fpnlink.shared.model.shared_pass import compose_shared_half, shares_box_heads
 from fpnlink.shared.model.split import CloudHalf, EdgeHalf, split
-from fpnlink.shared.wire import TASK_TO_PB, parse_frame, pb, task_result
+from fpnlink.shared.wire import TASK_TO_PB, FrameHeader, parse_frame, pb, task_result
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ MiB = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = 256 * MiB
 DEFAULT_CACHE_SIZE = 64
 FrameKey = tuple[str, int, str]
+BatchKey = tuple[tuple[str, ...], tuple[int, int]]
 
 
 def frame_digest(data: bytes) -> str:
@@ -60,13 +67,20 @@ def decode_frame(data: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) ->
         raise BadFrameError(f"{len(data)} bytes are not a serialized fpnlink.v1.FeatureFrame: {exc}") from exc
 
 
-def default_codecs(bundle: ModelBundle | None = None) -> dict[str, FeatureCodec]:
-    """Every registered codec built with its default settings; one that cannot be built so, or whose weights
-    were trained for another backbone than ``bundle``'s, is skipped (logged)."""
+def build_codec(name: str, checkpoint: str | None = None, device: str | torch.device = "cpu") -> FeatureCodec:
+    """A registered codec; one with weights runs its transforms on ``device``."""
+    if codec_has_weights(name):
+        return make_codec(name, checkpoint, device=device)
+    return make_codec(name, checkpoint)
+
+
+def default_codecs(bundle: ModelBundle | None = None, device: str | torch.device = "cpu") -> dict[str, FeatureCodec]:
+    """Every registered codec built with its default settings on ``device``; one that cannot be built so, or
+    whose weights were trained for another backbone than ``bundle``'s, is skipped (logged)."""
     codecs = {}
     for name in available_codecs():
         try:
-            codec = make_codec(name)
+            codec = build_codec(name, device=device)
             if bundle is not None:
                 codec.check_backbone(set(bundle.backbone_weight_fingerprints.values()))
             codecs[name] = codec
@@ -104,16 +118,43 @@ class _ResultCache:
                 self._items.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A validated frame, ready to be decoded and run in a batch.
+
+    Attributes:
+        header, records: the parsed frame.
+        codec: the served codec that decodes ``records``.
+        archs: the architecture of each task of ``header.tasks``.
+        frame_bytes: serialized size as received.
+        cache_key: where its result goes in the result cache.
+        started: ``time.perf_counter()`` when preparation began (``stage_ms['total']`` counts from here).
+    """
+
+    header: FrameHeader
+    records: list[ScaleRecord]
+    codec: FeatureCodec
+    archs: list[str]
+    frame_bytes: int
+    cache_key: FrameKey
+    started: float
+
+    @property
+    def batch_key(self) -> BatchKey:
+        """Frames with equal keys run in one batch: the same tasks at the same network-input size."""
+        return tuple(self.header.tasks), tuple(self.header.input_size)
+
+
 class CloudEngine:
     """Decode + heads over one :class:`ModelBundle`, shared by every transport.
 
     Args:
         bundle: the loaded detectors; their backbone fingerprints are what frames must carry.
-        codecs: codec name -> codec served; :func:`default_codecs` when omitted. A codec trained for another
-            backbone than the bundle's is refused (:class:`WeightsError`).
+        codecs: codec name -> codec served; :func:`default_codecs` on ``device`` when omitted. A codec trained
+            for another backbone than the bundle's is refused (:class:`WeightsError`).
         max_frame_bytes: largest serialized frame accepted.
-        num_threads: torch intra-op threads (``torch.set_num_threads``); left as is when omitted.
-        device: where the heads run; the bundle's models are moved there.
+        device: where the heads run; the bundle's models are moved there. Torch's thread count is the
+            process owner's business (``fpnlink-cloud serve --threads``), never set here.
         cache_size: how many recent results are kept for resent frames (0 disables the cache).
 
     Attributes:
@@ -128,7 +169,6 @@ class CloudEngine:
         codecs: dict[str, FeatureCodec] | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         *,
-        num_threads: int | None = None,
         device: str | torch.device = "cpu",
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
@@ -136,16 +176,12 @@ class CloudEngine:
             raise ValueError(f"max_frame_bytes must be >= 1, got {max_frame_bytes}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        if num_threads is not None:
-            if num_threads < 1:
-                raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-            torch.set_num_threads(num_threads)
         self.bundle = bundle
-        self.codecs = dict(codecs) if codecs is not None else default_codecs(bundle)
+        self.device = torch.device(device)
+        self.codecs = dict(codecs) if codecs is not None else default_codecs(bundle, self.device)
         for codec in self.codecs.values():
             codec.check_backbone(set(bundle.backbone_weight_fingerprints.values()))
         self.max_frame_bytes = max_frame_bytes
-        self.device = torch.device(device)
         for model in bundle.models.values():
             model.to(self.device)
         halves = {arch: split(model) for arch, model in bundle.models.items()}
@@ -207,7 +243,7 @@ class CloudEngine:
     # ------------------------------------------------------------------------------------------- frames
 
     def process(self, frame: pb.FeatureFrame, frame_bytes: int, *, digest: str | None = None) -> pb.Result:
-        """Validate, decode and run the heads of every task the frame requests.
+        """Validate, decode and run the heads of every task the frame requests (a batch of one).
 
         Args:
             frame: a received FeatureFrame.
@@ -216,7 +252,22 @@ class CloudEngine:
                 re-serialization when omitted.
 
         Raises:
-            BadFrameError, CodecError: malformed frame or payload, wrong shapes or channels.
+            The errors of :meth:`prepare`, and ``CodecError`` for a payload that does not decode.
+        """
+        prepared = self.prepare(frame, frame_bytes, digest=digest)
+        if isinstance(prepared, pb.Result):
+            return prepared
+        outcome = self.run_batch([prepared])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def prepare(self, frame: pb.FeatureFrame, frame_bytes: int, *,
+                digest: str | None = None) -> PreparedFrame | pb.Result:
+        """Validate one frame without decoding it; a resent frame's cached Result is returned instead.
+
+        Raises:
+            BadFrameError: malformed frame, wrong shapes or channels.
             UnsupportedError: codec or task not served, or tasks that need different backbones.
             FingerprintMismatchError: codec or backbone fingerprint differs from what is served.
             LimitExceededError: ``frame_bytes`` over ``max_frame_bytes``.
@@ -251,25 +302,62 @@ class CloudEngine:
             channels = self._channels[arch]
             if records[0].shape[0] != channels:
                 raise BadFrameError(f"scales carry {records[0].shape[0]} channels, the {arch} heads take {channels}")
+        return PreparedFrame(header, records, codec, list(archs), frame_bytes, key, start)
 
-        decode_start = time.perf_counter()
-        decoded = codec.decode(records)
-        features = {name: tensor.to(self.device, torch.float32) for name, tensor in decoded.items()}
-        heads_start = time.perf_counter()
-        results = self._run_heads(features, header.tasks, archs, header.input_size, header.original_size)
-        end = time.perf_counter()
+    def run_batch(self, frames: Sequence[PreparedFrame]) -> list[pb.Result | Exception]:
+        """Decode prepared frames of one ``batch_key`` and run their heads together on the stacked features.
 
-        result = pb.Result(
-            stream_id=header.stream_id,
-            frame_id=header.frame_id,
-            results=results,
-            stage_ms={"decode": 1e3 * (heads_start - decode_start), "heads": 1e3 * (end - heads_start),
-                      "total": 1e3 * (end - start)},
-            frame_bytes=frame_bytes,
-            trained=self.bundle.trained,
-        )
-        self._cache.put(key, result)
-        return result
+        Returns:
+            One Result or exception per frame, in order: a payload that does not decode, or heads that fail
+            on one frame, fail that frame only (the others are rerun one by one).
+        """
+        if len({frame.batch_key for frame in frames}) > 1:
+            raise ValueError(f"a batch takes frames of one batch_key, got {sorted({f.batch_key for f in frames})}")
+        outcomes: list[pb.Result | Exception | None] = [None] * len(frames)
+        decoded: list[tuple[int, dict[str, Tensor], float]] = []
+        for index, frame in enumerate(frames):
+            decode_start = time.perf_counter()
+            try:
+                features = frame.codec.decode(frame.records)
+                features = {name: tensor.to(self.device, torch.float32) for name, tensor in features.items()}
+            except Exception as exc:  # this frame fails alone
+                outcomes[index] = exc
+                continue
+            decoded.append((index, features, 1e3 * (time.perf_counter() - decode_start)))
+        if decoded:
+            heads_start = time.perf_counter()
+            heads = self._heads_per_frame([frames[i] for i, _, _ in decoded], [f for _, f, _ in decoded])
+            end = time.perf_counter()
+            for (index, _, decode_ms), results in zip(decoded, heads):
+                if isinstance(results, Exception):
+                    outcomes[index] = results
+                    continue
+                frame = frames[index]
+                result = pb.Result(
+                    stream_id=frame.header.stream_id,
+                    frame_id=frame.header.frame_id,
+                    results=results,
+                    stage_ms={"decode": decode_ms, "heads": 1e3 * (end - heads_start),
+                              "total": 1e3 * (end - frame.started)},
+                    frame_bytes=frame.frame_bytes,
+                    trained=self.bundle.trained,
+                )
+                self._cache.put(frame.cache_key, result)
+                outcomes[index] = result
+        return outcomes  # type: ignore[return-value]  # every slot is filled
+
+    def _heads_per_frame(self, frames: list[PreparedFrame], features: list[dict[str, Tensor]],
+                         ) -> list[list[pb.TaskResult] | Exception]:
+        """The heads of frames of one batch key in one pass; if that fails, each frame alone."""
+        header, archs = frames[0].header, frames[0].archs
+        try:
+            stacked = {name: torch.cat([f[name] for f in features]) for name in features[0]}
+            return self._run_heads(stacked, header.tasks, archs, [f.header.input_size for f in frames],
+                                   [f.header.original_size for f in frames])
+        except Exception as exc:
+            if len(frames) == 1:
+                return [exc]
+            return [self._heads_per_frame([frame], [feats])[0] for frame, feats in zip(frames, features)]
 
     # ------------------------------------------------------------------------------------------- images
 
@@ -307,7 +395,7 @@ class CloudEngine:
         for fingerprint, (features, input_size, original_size) in by_backbone.items():
             group = [(t, a) for t, a in zip(tasks, archs) if self.bundle.backbone_fingerprints[a] == fingerprint]
             group_results = self._run_heads(features, [t for t, _ in group], [a for _, a in group],
-                                            input_size, original_size)
+                                            [input_size], [original_size])[0]
             by_task.update((t, r) for (t, _), r in zip(group, group_results))
         results = [by_task[task] for task in tasks]
         end = time.perf_counter()
@@ -333,22 +421,24 @@ class CloudEngine:
         features: dict[str, Tensor],
         tasks: list[str],
         archs: list[str],
-        input_size: tuple[int, int],
-        original_size: tuple[int, int],
-    ) -> list[pb.TaskResult]:
-        """Each task's result: one shared pass for the archs that share their heads, else one half per arch."""
-        outputs: dict[str, dict[str, Tensor]] = {}
+        input_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+    ) -> list[list[pb.TaskResult]]:
+        """Each image's task results, for ``features`` [N, C, h, w] of N images: one shared pass for the archs
+        that share their heads, else one half per arch."""
+        outputs: dict[str, list[dict[str, Tensor]]] = {}
         with torch.inference_mode():
             remaining = list(dict.fromkeys(archs))
             for group in self.shared_groups:
                 members = [a for a in remaining if a in group]
                 if len(members) >= 2:
-                    detections = self._shared[frozenset(members)](features, [input_size], [original_size])[0]
+                    detections = self._shared[frozenset(members)](features, input_sizes, original_sizes)
                     outputs.update((a, detections) for a in members)
                     remaining = [a for a in remaining if a not in members]
             for arch in remaining:
-                outputs[arch] = self._clouds[arch](features, [input_size], [original_size])[0]
-        return [task_result(task, outputs[arch], self.bundle.categories[arch]) for task, arch in zip(tasks, archs)]
+                outputs[arch] = self._clouds[arch](features, input_sizes, original_sizes)
+        return [[task_result(task, outputs[arch][image], self.bundle.categories[arch])
+                 for task, arch in zip(tasks, archs)] for image in range(len(input_sizes))]
 
 
 def _head_sharing_groups(bundle: ModelBundle) -> list[tuple[str, ...]]:

@@ -12,10 +12,12 @@ error                           gRPC status             HTTP  meaning
 ``UnsupportedError``            ``UNIMPLEMENTED``       422   unknown codec or task, or a model not held
 ``FingerprintMismatchError``    ``FAILED_PRECONDITION`` 409   features or codec from other weights/settings
 ``LimitExceededError``          ``RESOURCE_EXHAUSTED``  413   a size limit (bytes, pixels) is exceeded
-``UnauthenticatedError``        ``UNAUTHENTICATED``     401   no token, or a token the service does not know
-``PermissionDeniedError``       ``PERMISSION_DENIED``   403   a token without the scope, another device's stream
 ``NotReadyError``               ``UNAVAILABLE``         503   weights still loading, or the results store
                                                               unreachable or its queue full; retry later
+``OverloadedError``             ``RESOURCE_EXHAUSTED``  503   the frame queue is full; retry after the hint
+``QueueTimeoutError``           ``DEADLINE_EXCEEDED``   504   a frame waited past the queue deadline
+``UnauthenticatedError``        ``UNAUTHENTICATED``     401   no token, or a token the service does not know
+``PermissionDeniedError``       ``PERMISSION_DENIED``   403   a token without the scope, another device's stream
 anything else                   ``INTERNAL``            500   a bug: logged with its traceback
 ==============================  ======================  ====  =============================================
 
@@ -34,7 +36,7 @@ import grpc
 
 from fpnlink.shared.errors import (
     BadFrameError, CodecError, FingerprintMismatchError, InvalidArgumentError, LimitExceededError, NotFoundError,
-    NotReadyError, PermissionDeniedError, UnauthenticatedError, UnsupportedError,
+    NotReadyError, OverloadedError, PermissionDeniedError, QueueTimeoutError, UnauthenticatedError, UnsupportedError,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,9 +53,13 @@ _TABLE: tuple[tuple[type[Exception], grpc.StatusCode, int], ...] = (
     (FingerprintMismatchError, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE, 503),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
+    (QueueTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED, 401),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, 403),
 )
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""Trailing metadata a gRPC client's retry policy reads as the server's retry hint (gRFC A6)."""
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,23 @@ class MappedError:
         code: gRPC status code; ``code.name`` is what a stream's ``Result.error.code`` carries.
         http_status: HTTP status code.
         message: text for the client (the exception text, or a generic line for internal errors).
+        retry_after_s: when the client may retry (``OverloadedError``), None otherwise.
     """
 
     code: grpc.StatusCode
     http_status: int
     message: str
+    retry_after_s: float | None = None
 
     @property
     def internal(self) -> bool:
         return self.code == grpc.StatusCode.INTERNAL
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC trailing metadata carrying the retry hint, empty without one."""
+        if self.retry_after_s is None:
+            return ()
+        return ((RETRY_PUSHBACK_KEY, str(max(1, round(1e3 * self.retry_after_s)))),)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, int]:
@@ -89,4 +103,4 @@ def map_error(exc: BaseException) -> MappedError:
     if code == grpc.StatusCode.INTERNAL:
         logger.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return MappedError(code, http_status, f"{INTERNAL_MESSAGE} ({type(exc).__name__})")
-    return MappedError(code, http_status, str(exc) or type(exc).__name__)
+    return MappedError(code, http_status, str(exc) or type(exc).__name__, getattr(exc, "retry_after_s", None))

@@ -19,6 +19,7 @@ metric                                      type       labels            what
                                                                          (edge clock; skewed clocks bias it)
 ``fpnlink_cloud_queue_wait_seconds``        histogram                    time a frame waits for an engine worker
 ``fpnlink_cloud_queue_depth``               gauge                        frames waiting for or on a worker
+``fpnlink_cloud_batch_size``                histogram                    frames per engine batch (exact to 16)
 ``fpnlink_cloud_errors_total``              counter    transport, code   failed requests by gRPC status name
 ``fpnlink_cloud_auth_failures_total``       counter    transport, code   calls refused: UNAUTHENTICATED or
                                                                          PERMISSION_DENIED
@@ -49,6 +50,7 @@ NAMESPACE = "fpnlink_cloud"
 BYTE_BUCKETS = tuple(float(4**k * 1024) for k in range(10))  # 1 KiB .. 256 MiB
 SCALE_BYTE_BUCKETS = tuple(float(4**k * 64) for k in range(12))  # 64 B .. 256 MiB
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = tuple(float(n) for n in (*range(1, 17), 24, 32, 48, 64, 128, 256))
 
 
 def _never_raise(method: Callable[P, None]) -> Callable[P, None]:
@@ -88,6 +90,7 @@ class CloudMetrics:
         self.queue_wait = Histogram("queue_wait_seconds", "Time a frame waits for an engine worker.",
                                     buckets=SECOND_BUCKETS, **kw)
         self.queue_depth = Gauge("queue_depth", "Frames waiting for or on an engine worker.", **kw)
+        self.batch_size = Histogram("batch_size", "Frames per engine batch.", buckets=BATCH_BUCKETS, **kw)
         self.errors = Counter("errors", "Failed requests by gRPC status code name.", ["transport", "code"], **kw)
         self.auth_failures = Counter("auth_failures", "Calls refused for missing or insufficient credentials.",
                                      ["transport", "code"], **kw)
@@ -141,6 +144,13 @@ class CloudMetrics:
     def record_queue_wait(self, seconds: float) -> None:
         """How long a frame waited before a worker took it."""
         self.queue_wait.observe(seconds)
+
+    @_never_raise
+    def record_batch(self, size: int, waits_s: list[float]) -> None:
+        """A batch handed to the engine: its size, and how long each of its frames waited in the queue."""
+        self.batch_size.observe(size)
+        for seconds in waits_s:
+            self.queue_wait.observe(seconds)
 
     @_never_raise
     def set_queue_depth(self, depth: int) -> None:

@@ -3,9 +3,11 @@
 FeatureLink's frame methods take the request as raw bytes (identity deserializer), so the servicer knows the
 exact size received (``Result.frame_bytes``) and can answer an unparsable message itself:
 
-- ``Analyze``: a failed frame ends the call with a gRPC status and message (see :mod:`.errors`).
-- ``Stream``: every frame gets a Result, in order; a failed frame gets one with ``error`` set (status code
-  name + message) and the stream goes on.
+- ``Analyze``: a failed frame ends the call with a gRPC status and message (see :mod:`.errors`); a full
+  queue's ``RESOURCE_EXHAUSTED`` carries its retry hint as ``grpc-retry-pushback-ms`` trailing metadata.
+- ``Stream``: reads ahead up to ``stream_in_flight`` frames and answers each as it completes, in completion
+  order (match them by ``frame_id``); a failed frame gets a Result with ``error`` set (status code name +
+  message; a full queue's names the retry hint) and the stream goes on.
 
 A message over ``max_frame_bytes`` is refused by gRPC itself with ``RESOURCE_EXHAUSTED``; on ``Stream`` that
 ends the stream, since gRPC cancels the whole call.
@@ -25,6 +27,7 @@ from fpnlink.shared.wire import pb
 
 from .auth import TokenInterceptor, peer_device_id
 from .errors import map_error
+from .pipeline import as_completed_map
 
 if TYPE_CHECKING:
     from .service import CloudService, FrameOutcome
@@ -51,15 +54,19 @@ class FeatureLinkServicer:
         outcome = await self.service.handle_frame(request, TRANSPORT, device_id=peer_device_id(context))
         if outcome.error is not None:
             mapped = map_error(outcome.error)
-            await context.abort(mapped.code, mapped.message)
+            await context.abort(mapped.code, mapped.message, mapped.trailing_metadata())
         return outcome.result
 
     async def Stream(self, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Result]:
         device_id = peer_device_id(context)
-        async for request in requests:
+
+        async def answer(request: bytes) -> pb.Result:
             outcome = await self.service.handle_frame(request, TRANSPORT, device_id=device_id)
-            yield outcome.result if outcome.error is None else self._error_result(outcome)
+            return outcome.result if outcome.error is None else self._error_result(outcome)
+
+        async for result in as_completed_map(requests, answer, self.service.settings.stream_in_flight):
+            yield result
 
     async def GetCapabilities(self, request: pb.CapabilitiesRequest,
                               context: grpc.aio.ServicerContext) -> pb.Capabilities:

@@ -8,9 +8,14 @@ Lifecycle (LitServe-style: construct cheaply, set up once, report readiness)::
                 └─ ready             health SERVING, /readyz 200, requests served
       └─ await stop()                health NOT_SERVING, in-flight requests get ``grace_s``, servers close
 
-Heavy work (parsing big frames, decoding, heads) runs in a bounded thread pool so the event loop keeps
-answering health checks and metrics. ``run_in_background()`` runs the whole thing in a daemon thread with
-its own loop, for tests and the in-process demo.
+Heavy work runs off the event loop, so that it keeps answering health checks and metrics: frames are parsed
+and validated in a small parse pool, then wait in the :class:`~.batcher.Batcher`'s one bounded queue (all
+streams), which hands batches of equal task set and input size to the engine pool (``workers`` threads)::
+
+    frame bytes ─> parse pool: decode_frame, engine.prepare ─> batcher queue ─> engine pool: engine.run_batch
+
+``run_in_background()`` runs the whole thing in a daemon thread with its own loop, for tests and the
+in-process demo.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import ipaddress
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,14 +35,15 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
-from fpnlink.shared.codec import available_codecs, codec_for_checkpoint, make_codec
+from fpnlink.shared.codec import available_codecs, codec_for_checkpoint
 from fpnlink.shared.errors import NotReadyError
 from fpnlink.shared.model import ModelBundle, load_bundle
 from fpnlink.shared.wire import pb
 
 from .api import create_app
 from .auth import Authenticator, check_stream_owner
-from .engine import CloudEngine, decode_frame, frame_digest
+from .batcher import Batcher
+from .engine import CloudEngine, PreparedFrame, build_codec, decode_frame, frame_digest
 from .errors import status_for
 from .imageio import decode_image
 from .metrics import CloudMetrics
@@ -106,6 +111,8 @@ class CloudService:
         self._loader = bundle_loader or load_settings_bundle
         self._engine: CloudEngine | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._parse_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._batcher: Batcher[PreparedFrame, pb.Result] | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
@@ -151,7 +158,7 @@ class CloudService:
         self._queued += 1
         self.metrics.set_queue_depth(self._queued)
         try:
-            outcome = await self._run(self._frame_job, data, device_id, time.perf_counter())
+            outcome = await self._frame_outcome(data, device_id)
         finally:
             self._queued -= 1
             self.metrics.set_queue_depth(self._queued)
@@ -161,16 +168,35 @@ class CloudService:
             self.metrics.record_error(transport, status_for(outcome.error)[0].name)
         return outcome
 
-    def _frame_job(self, data: bytes, device_id: str | None, queued: float) -> FrameOutcome:
-        self.metrics.record_queue_wait(time.perf_counter() - queued)
-        frame = None
+    async def _frame_outcome(self, data: bytes, device_id: str | None) -> FrameOutcome:
+        """Parse and validate in the parse pool, then decode and run the heads in a batch (engine pool)."""
+        if self._parse_executor is None or self._batcher is None:
+            return FrameOutcome(None, None, NotReadyError("the service is not started"), len(data), device_id)
+        ready = await asyncio.get_running_loop().run_in_executor(self._parse_executor, self._frame_job, data,
+                                                                 device_id)
+        if isinstance(ready, FrameOutcome):
+            return ready
+        frame, prepared = ready
         try:
-            frame = decode_frame(data, self.settings.max_frame_bytes)
-            check_stream_owner(device_id, frame.stream_id)
-            result = self.engine.process(frame, len(data), digest=frame_digest(data))
+            result = await self._batcher.submit(prepared.batch_key, prepared)
         except Exception as exc:  # every failure becomes an outcome; the transport maps it
             return FrameOutcome(frame, None, exc, len(data), device_id)
         return FrameOutcome(frame, result, None, len(data), device_id)
+
+    def _frame_job(self, data: bytes, device_id: str | None) -> FrameOutcome | tuple[pb.FeatureFrame, PreparedFrame]:
+        """Parse and validate one frame, no decoding: its outcome when it is answered already (it failed, or
+        it was resent and its result is cached), else the frame ready for a batch."""
+        frame = None
+        try:
+            frame = decode_frame(data, self.settings.max_frame_bytes)
+            self._batcher.check_capacity()  # after parsing, so that the answer carries the frame's ids
+            check_stream_owner(device_id, frame.stream_id)
+            prepared = self.engine.prepare(frame, len(data), digest=frame_digest(data))
+        except Exception as exc:  # every failure becomes an outcome; the transport maps it
+            return FrameOutcome(frame, None, exc, len(data), device_id)
+        if isinstance(prepared, pb.Result):
+            return FrameOutcome(frame, prepared, None, len(data), device_id)
+        return frame, prepared
 
     async def analyze_upload(self, data: bytes, tasks: Sequence[str], transport: str = "rest") -> pb.Result:
         """Decode an uploaded image and run the whole detector on it; raises fpnlink errors."""
@@ -186,6 +212,9 @@ class CloudService:
     def capabilities(self) -> pb.Capabilities:
         return self.engine.capabilities()
 
+    def _engine_batch(self, frames: list[PreparedFrame]) -> list[pb.Result | Exception]:
+        return self.engine.run_batch(frames)
+
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self._executor is None:
             raise NotReadyError("the service is not started")
@@ -198,6 +227,13 @@ class CloudService:
         settings = self.settings
         self._settled = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="fpnlink-engine")
+        self._parse_executor = concurrent.futures.ThreadPoolExecutor(max(2, settings.workers),
+                                                                     thread_name_prefix="fpnlink-parse")
+        self._batcher = Batcher(self._engine_batch, self._executor, workers=settings.workers,
+                                max_batch_size=settings.max_batch_size,
+                                max_delay_s=settings.max_queue_delay_ms / 1e3, max_queue=settings.max_queue,
+                                deadline_s=settings.queue_deadline_s, on_batch=self.metrics.record_batch)
+        self._batcher.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics.set_ready(False)
@@ -260,10 +296,10 @@ class CloudService:
         if settings.codecs is not None or settings.codec_checkpoint is not None:
             # the checkpoint goes to the codec it was trained for; other weighted codecs keep their defaults
             owner = codec_for_checkpoint(settings.codec_checkpoint) if settings.codec_checkpoint else None
-            codecs = {name: make_codec(name, settings.codec_checkpoint if name == owner else None)
+            codecs = {name: build_codec(name, settings.codec_checkpoint if name == owner else None, settings.device)
                       for name in settings.codecs or available_codecs()}
-        engine = CloudEngine(bundle, codecs, settings.max_frame_bytes, num_threads=settings.threads,
-                             device=settings.device, cache_size=settings.cache_size)
+        engine = CloudEngine(bundle, codecs, settings.max_frame_bytes, device=settings.device,
+                             cache_size=settings.cache_size)
         if settings.warmup:
             engine.warmup()
         return engine
@@ -291,8 +327,12 @@ class CloudService:
         if self._http_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task
+        if self._batcher is not None:
+            await self._batcher.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._parse_executor is not None:
+            self._parse_executor.shutdown(wait=False, cancel_futures=True)
         logger.info("fpnlink cloud stopped")
 
     def run_in_background(self, *, wait_ready: bool = True, timeout: float = 300.0) -> BackgroundService:

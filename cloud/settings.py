@@ -35,8 +35,14 @@ class CloudSettings(BaseSettings):
             defaults when omitted. It must hold for the same backbone weights.
         max_frame_bytes: cap on a serialized frame, gRPC message size limits included.
         max_upload_bytes, max_image_pixels: caps on ``POST /v1/analyze`` uploads.
-        threads: torch intra-op threads; torch's default when omitted.
-        workers: engine threads (concurrent frames).
+        threads: torch intra-op threads, set for the whole process by ``fpnlink-cloud serve``; torch's default
+            when omitted (an embedded service never changes them).
+        workers: engine threads (batches run at once).
+        max_batch_size: most frames (of one task set and input size) decoded and run together.
+        max_queue_delay_ms: longest a frame waits for others of its kind once a worker is free.
+        max_queue: frames of all streams waiting for a batch; beyond it RESOURCE_EXHAUSTED with a retry hint.
+        queue_deadline_s: longest a frame may wait in the queue before DEADLINE_EXCEEDED.
+        stream_in_flight: frames of one ``Stream`` call in flight at once (read ahead, answered as they finish).
         max_concurrent_rpcs: gRPC calls in flight (a stream counts once) before RESOURCE_EXHAUSTED.
         cache_size: recent results kept for resent frames.
         warmup: run every model once before reporting ready.
@@ -65,6 +71,11 @@ class CloudSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     threads: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1, le=64)
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_queue_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0)
+    max_queue: int = Field(256, ge=1)
+    queue_deadline_s: float = Field(30.0, gt=0.0)
+    stream_in_flight: int = Field(8, ge=1, le=1024)
     max_concurrent_rpcs: int = Field(64, ge=1)
     cache_size: int = Field(64, ge=0)
     warmup: bool = True

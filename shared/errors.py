@@ -51,3 +51,20 @@ class PermissionDeniedError(FpnlinkError):
 
 class ConfigError(FpnlinkError, ValueError):
     """A configuration file (token file, certificate, key) is missing or malformed."""
+
+
+class OverloadedError(FpnlinkError):
+    """The service's frame queue is full; retry after ``retry_after_s`` seconds.
+
+    Args:
+        message: what is full.
+        retry_after_s: the server's estimate of when a slot frees up.
+    """
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeoutError(FpnlinkError):
+    """A frame waited longer than the queue deadline before the engine could take it."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -44,6 +45,22 @@ def make_frame(
                   tasks=list(tasks), codec=codec, codec_fingerprint=coder.fingerprint)
     values.update(header_overrides)
     return build_frame(FrameHeader(**values), coder.encode(edge.features), planned_bits)
+
+
+def assert_same_task_results(got: Sequence[pb.TaskResult], expected: Sequence[pb.TaskResult],
+                             pixel_atol: float = 1e-4) -> None:
+    """Same tasks and detections: labels and masks equal, scores within 1e-4, boxes and keypoints (pixels)
+    within ``pixel_atol``."""
+    assert [r.task for r in got] == [r.task for r in expected]
+    for got_task, expected_task in zip(got, expected):
+        assert len(expected_task.detections) > 0
+        assert len(got_task.detections) == len(expected_task.detections)
+        for a, b in zip(got_task.detections, expected_task.detections):
+            assert (a.label, a.category) == (b.label, b.category)
+            assert a.box == pytest.approx(b.box, abs=pixel_atol) and a.score == pytest.approx(b.score, abs=1e-4)
+            assert a.mask == b.mask
+            assert a.keypoints == pytest.approx(b.keypoints, abs=pixel_atol)
+            assert a.keypoint_scores == pytest.approx(b.keypoint_scores, abs=pixel_atol)
 
 
 def random_frame(fingerprint: str, input_size: tuple[int, int], frame_id: int, channels: int = 256,

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from cloud_helpers import BAD_CASE_NAMES, IMAGE_SHAPE, EdgeOutput, bad_cases, make_frame
+from cloud_helpers import BAD_CASE_NAMES, IMAGE_SHAPE, EdgeOutput, assert_same_task_results, bad_cases, make_frame
 
 from fpnlink.cloud import CloudEngine, decode_frame, frame_digest
 from fpnlink.cloud.engine import _ResultCache
@@ -43,7 +43,7 @@ class TestCapabilities:
         caps = engine.capabilities()
         assert [c.name for c in caps.codecs] == ["quant"] and caps.max_frame_bytes == 4096
 
-    @pytest.mark.parametrize("kwargs", [{"max_frame_bytes": 0}, {"cache_size": -1}, {"num_threads": 0}])
+    @pytest.mark.parametrize("kwargs", [{"max_frame_bytes": 0}, {"cache_size": -1}])
     def test_rejects_bad_arguments(self, tiny_bundle, kwargs):
         with pytest.raises(ValueError):
             CloudEngine(tiny_bundle, **kwargs)
@@ -207,19 +207,6 @@ def _per_arch_results(bundle: ModelBundle, edge: EdgeOutput, tasks: tuple[str, .
                             bundle.categories[TASK_ARCH[task]]) for task in tasks]
 
 
-def _assert_same_results(got: list[pb.TaskResult], expected: list[pb.TaskResult]) -> None:
-    assert [r.task for r in got] == [r.task for r in expected]
-    for got_task, expected_task in zip(got, expected):
-        assert len(expected_task.detections) > 0
-        assert len(got_task.detections) == len(expected_task.detections)
-        for a, b in zip(got_task.detections, expected_task.detections):
-            assert (a.label, a.category) == (b.label, b.category)
-            assert a.box == pytest.approx(b.box, abs=1e-4) and a.score == pytest.approx(b.score, abs=1e-4)
-            assert a.mask == b.mask
-            assert a.keypoints == pytest.approx(b.keypoints, abs=1e-4)
-            assert a.keypoint_scores == pytest.approx(b.keypoint_scores, abs=1e-4)
-
-
 class TestSharedPass:
     def test_random_weights_keep_separate_halves(self, engine):
         assert engine.shared_heads is False and engine.shared_groups == []
@@ -232,13 +219,13 @@ class TestSharedPass:
         tasks = ("detect", "segment", "keypoints")
         frame = make_frame(synthetic_edge, 1, tasks=tasks)
         result = engine.process(frame, frame.ByteSize())
-        _assert_same_results(list(result.results), _per_arch_results(synthetic_bundle, synthetic_edge, tasks))
+        assert_same_task_results(list(result.results), _per_arch_results(synthetic_bundle, synthetic_edge, tasks))
         assert engine._shared[frozenset(("faster", "mask", "keypoint"))].calls == 1
         assert sum(half.calls for half in engine._clouds.values()) == 0
 
         two = make_frame(synthetic_edge, 2, tasks=("keypoints", "detect"))
         result = engine.process(two, two.ByteSize())
-        _assert_same_results(list(result.results),
+        assert_same_task_results(list(result.results),
                              _per_arch_results(synthetic_bundle, synthetic_edge, ("keypoints", "detect")))
         assert engine._shared[frozenset(("faster", "keypoint"))].calls == 1
         one = make_frame(synthetic_edge, 3, tasks=("segment",))
