@@ -126,10 +126,27 @@ def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[g
         server,
     )
     host = settings.host
-    address = f"[{host}]:{settings.grpc_port}" if ":" in host and not host.startswith("[") else \
-        f"{host}:{settings.grpc_port}"
+    address = _address(host, settings.grpc_port)
     tls = service.tls
     port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"gRPC server could not bind {address}")
     return server, port
+
+
+def build_health_server(service: CloudService, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
+    """A plaintext gRPC server with only ``grpc.health.v1`` on ``settings.health_port``.
+
+    For the kubelet's gRPC probes, which cannot do TLS: no frames, no tokens, nothing but serving status.
+    """
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
+    address = _address(settings.host, settings.health_port)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"gRPC health server could not bind {address}")
+    return server, port
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

@@ -47,7 +47,7 @@ from .engine import CloudEngine, PreparedFrame, build_codec, decode_frame, frame
 from .errors import status_for
 from .imageio import decode_image
 from .metrics import CloudMetrics
-from .server import SERVICE_NAME, build_grpc_server
+from .server import SERVICE_NAME, build_grpc_server, build_health_server
 from .settings import CloudSettings
 from .tls import ServerTLS, load_server_tls
 from .tokens import load_tokens
@@ -114,6 +114,8 @@ class CloudService:
         self._parse_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._batcher: Batcher[PreparedFrame, pb.Result] | None = None
         self._grpc_server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
         self._setup_task: asyncio.Task | None = None
@@ -241,6 +243,9 @@ class CloudService:
         try:
             self._grpc_server, self.grpc_port = build_grpc_server(self, settings)
             await self._grpc_server.start()
+            if settings.health_port is not None:
+                self._health_server, self.health_port = build_health_server(self, settings)
+                await self._health_server.start()
             await self._start_http(create_app(self))
         except BaseException:
             await self.stop(grace=0)
@@ -324,6 +329,8 @@ class CloudService:
             self._http_server.should_exit = True
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._http_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task

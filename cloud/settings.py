@@ -51,6 +51,8 @@ class CloudSettings(BaseSettings):
         tls_client_ca: PEM CA bundle; gRPC then requires client certificates it signed (mutual TLS), and
             the certificate's common name is the device identity (it may write only its own streams).
         token_file: bearer-token hashes and scopes (see :mod:`.tokens`); without one every call is allowed.
+        health_port: a plaintext gRPC port serving only ``grpc.health.v1`` (Kubernetes gRPC probes cannot do
+            TLS); none when omitted.
     """
 
     model_config = SettingsConfigDict(env_prefix="FPNLINK_CLOUD_", extra="forbid")
@@ -85,6 +87,7 @@ class CloudSettings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     token_file: Path | None = None
+    health_port: int | None = Field(None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _consistent(self) -> CloudSettings:

@@ -41,7 +41,7 @@ def tokens(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_bundle, pki, tokens):
     settings = loopback_settings(tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"],
-                                 token_file=tokens[0])
+                                 token_file=tokens[0], health_port=0)
     with CloudService(settings, bundle_loader=lambda _: tiny_bundle).run_in_background() as handle:
         yield handle
 
@@ -131,6 +131,22 @@ class TestGrpcTokens:
         with _device_channel(server, pki) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class TestHealthPort:
+    """The plaintext health-only port of the kubelet's gRPC probes: status, and nothing else."""
+
+    def test_serving_without_tls(self, server):
+        with grpc.insecure_channel(f"127.0.0.1:{server.service.health_port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="fpnlink.v1.FeatureLink"), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def test_no_frames_there(self, server, edge_output):
+        with grpc.insecure_channel(f"127.0.0.1:{server.service.health_port}") as channel, \
+                pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.FeatureLinkStub(channel).Analyze(make_frame(edge_output, 70, stream_id=DEVICE), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 class TestMutualTls:

@@ -43,11 +43,28 @@ def test_ports_agree_between_compose_dockerfile_and_prometheus():
     prometheus = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == [f"cloud:{http_port}"]
-    edge_command = compose["services"]["edge"]["command"]
-    assert edge_command[edge_command.index("--server") + 1] == f"cloud:{grpc_port}"
+    edge_command = " ".join(compose["services"]["edge"]["command"])
+    assert re.search(r"--server (\S+)", edge_command).group(1) == f"cloud:{grpc_port}"
 
 
-def test_prometheus_mount_exists():
-    volumes = _compose()["services"]["prometheus"]["volumes"]
-    source = volumes[0].split(":")[0]
-    assert (REPO / source).is_file()
+def test_mounted_files_exist():
+    for name in ("prometheus", "grafana"):
+        for volume in _compose()["services"][name]["volumes"]:
+            assert (REPO / volume.split(":")[0]).exists(), f"{name}: {volume}"
+
+
+def test_grafana_provisions_the_datasource_the_dashboard_uses():
+    provisioning = REPO / "deploy" / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [d["uid"] for d in datasources] == ["prometheus"]
+    assert datasources[0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "fpnlink.yml").read_text())["providers"][0]
+    mounts = dict(v.split(":")[:2][::-1] for v in _compose()["services"]["grafana"]["volumes"])
+    assert (REPO / mounts[provider["options"]["path"]] / "fpnlink-cloud.json").is_file()
+
+
+def test_cloud_runs_on_the_gpu_with_the_store():
+    cloud = _compose()["services"]["cloud"]
+    assert cloud["environment"]["FPNLINK_CLOUD_DEVICE"] == "cuda"
+    assert cloud["environment"]["FPNLINK_CLOUD_DATABASE_URL"].startswith("postgresql://")
+    assert cloud["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
