@@ -1,26 +1,26 @@
-"""``fpnlink-edge``: stream a folder of images (or one image) to the cloud and record its results.
+"""``fpnlink-edge``: stream images, video or a camera to the cloud through an on-disk spool; record its results.
 
 ``fpnlink-edge run`` checks the cloud first (reachable, SERVING, same backbone and codec
-fingerprints), then encodes and streams each image, printing one line per frame and appending one
-JSON line per frame to ``--out`` as results arrive.
+fingerprints), then encodes each frame into the spool while a link thread drains it, reconnecting
+whenever the link drops (see :mod:`fpnlink.edge.stream`). It prints one line per frame and appends
+exactly one JSON line per frame to ``--out`` as results arrive. An interrupted or killed run resumes
+from the spool when started again with the same source.
 
 Exit codes: 0 the run finished with at least one frame answered without error; 1 the cloud is
-unreachable, does not match the edge or failed mid-stream, or no frame succeeded; 2 bad arguments;
-130 interrupted.
+unreachable at start or does not match the edge, the spool cannot be used, or no frame succeeded;
+2 bad arguments; 130 interrupted (unanswered frames stay spooled).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -28,15 +28,18 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..shared.codec import available_codecs
-from ..shared.errors import ConfigError, FingerprintMismatchError, FpnlinkError, UnsupportedError, WeightsError
+from ..shared.errors import ConfigError, FingerprintMismatchError, UnsupportedError, WeightsError
 from ..shared.identity import STREAM_SEPARATOR, certificate_identity
 from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
-from ..shared.wire import PB_TO_TASK, pb, result_to_dict
+from ..shared.wire import pb
 from .agent import EdgeAgent, EncodedFrame
-from .client import Client, LinkError, Reply, check_compatible
+from .client import Client, LinkError, check_compatible
+from .results import ResultLog
 from .settings import EdgeSettings
-from .sources import ImageSource, SourceError
+from .sources import Source, SourceError, open_source
+from .spool import FULL_POLICIES, Spool, SpoolError, default_spool_path
+from .stream import StreamCounts, StreamLoop
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "fpnlink-edge"
@@ -51,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="stream images to the cloud and write its results",
         description="Flags override FPNLINK_EDGE_* environment variables; unset ones keep the defaults.",
     )
-    run.add_argument("--source", required=True, type=Path, help="a folder of images or one image file")
+    run.add_argument("--source", required=True,
+                     help="a folder of images, an image or video file, a camera (/dev/video0) or an rtsp://, "
+                          "rtmp:// or http(s):// stream")
+    run.add_argument("--every", type=int, help="keep every N-th source frame (default 1: all)")
+    run.add_argument("--fps", type=float, help="at most this many frames per second (live sources drop the "
+                                               "rest, files wait)")
     run.add_argument("--recursive", action="store_true", default=None, help="include subfolders of --source")
     run.add_argument("--server", help="cloud gRPC address host:port (default localhost:50051)")
     run.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default detect)")
@@ -70,7 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-size", type=int, help="network-input shorter side (default: the cloud's)")
     run.add_argument("--max-size", type=int, help="network-input longer-side cap (default: the cloud's)")
     run.add_argument("--threads", type=int, help="torch CPU threads")
-    run.add_argument("--stream-id", help="stream id stamped on every frame (default: unique per run)")
+    run.add_argument("--stream-id", help="stream id stamped on every frame (default: the spool's, made unique "
+                                         "once and kept)")
+    run.add_argument("--spool", type=Path, help=f"store-and-forward spool file (default {default_spool_path()})")
+    run.add_argument("--spool-quota", dest="spool_quota_bytes", type=int,
+                     help="most bytes of frames spooled (default 1 GiB)")
+    run.add_argument("--spool-ttl", dest="spool_ttl_s", type=float,
+                     help="seconds an unsent frame is kept before it is dropped (default 86400)")
+    run.add_argument("--spool-full", choices=FULL_POLICIES,
+                     help="what a full spool drops from a live source (default drop-oldest; files wait)")
+    run.add_argument("--live-window", dest="live_window_s", type=float,
+                     help="frames spooled this many seconds ago or less go out before the backlog (default 2)")
+    run.add_argument("--window", type=int, help="frames in flight on the link (default 4)")
+    run.add_argument("--frame-timeout", dest="frame_timeout_s", type=float,
+                     help="seconds a frame may wait for its result before the link is reopened (default 60)")
+    run.add_argument("--max-backoff", dest="max_backoff_s", type=float,
+                     help="longest wait in seconds between reconnect attempts (default 5)")
     run.add_argument("--connect-timeout", dest="connect_timeout_s", type=float,
                      help="seconds to wait for the cloud to be SERVING (default 10)")
     run.add_argument("--max-frame-bytes", type=int, help="largest gRPC message (default 256 MiB)")
@@ -137,7 +160,7 @@ def run_command(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         return _usage_error(f"--codec-checkpoint: {exc}")
     try:
-        source = ImageSource(args.source, recursive=settings.recursive)
+        source = open_source(args.source, recursive=settings.recursive, every=settings.every, fps=settings.fps)
     except SourceError as exc:
         return _usage_error(str(exc))
     if settings.threads:
@@ -150,7 +173,14 @@ def run_command(args: argparse.Namespace) -> int:
             if settings.tls_cert else None
     except (ConfigError, OSError) as exc:
         return _usage_error(str(exc))
-    with client:
+    try:
+        spool = Spool(settings.spool or default_spool_path(), quota_bytes=settings.spool_quota_bytes,
+                      ttl_s=settings.spool_ttl_s, full_policy=settings.spool_full,
+                      live_window_s=settings.live_window_s)
+    except SpoolError as exc:
+        client.close()
+        return _failure(str(exc))
+    with client, spool:
         try:
             client.wait_ready(settings.connect_timeout_s)
             caps = client.capabilities()
@@ -170,7 +200,7 @@ def run_command(args: argparse.Namespace) -> int:
             _untrained_notice(f"the edge runs --weights {settings.weights}")
         elif not caps.trained:
             _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
-        stream_id = settings.stream_id or _unique_stream_id(device)
+        stream_id = _stream_id(spool, settings.stream_id, device)
         try:
             agent = EdgeAgent(bundle, codec, settings.tasks, stream_id)
             check_compatible(caps, tasks=agent.tasks, model_fingerprint=agent.model_fingerprint,
@@ -188,10 +218,20 @@ def run_command(args: argparse.Namespace) -> int:
                 return _usage_error(f"--profile/--mfip: {exc}")
         phi = None if settings.phi is None else {name: settings.phi for name in TRANSMITTED_SCALES}
         rate = "" if rate_control is None else f", budget {settings.budget} (MFIP {settings.mfip})"
-        print(f"{PROG}: {len(source)} image(s) from {args.source} -> {settings.server} "
+        if source.replayable:
+            source.start = spool.cursor(source.identity)
+        resume = source.start > 0 or spool.depth()[0] > 0
+        kind = f"{len(source)} frame(s)" if source.replayable else "live frames"
+        print(f"{PROG}: {kind} from {args.source} -> {settings.server} "
               f"(stream {stream_id}, tasks {','.join(agent.tasks)}, codec {settings.codec}{rate}, "
-              f"input {config.min_size}/{config.max_size})")
-        return _stream(client, agent, source, phi, settings.out, rate_control)
+              f"input {config.min_size}/{config.max_size}, spool {spool.path})")
+        if resume:
+            print(f"{PROG}: resuming: {spool.depth()[0]} frame(s) spooled, source from frame {source.start}")
+        results = ResultLog(settings.out, resume=resume)
+        try:
+            return _stream(settings, client, agent, source, spool, results, phi, rate_control)
+        finally:
+            results.close()
 
 
 def _budgeted_coder(settings: EdgeSettings, bundle: ModelBundle, agent: EdgeAgent) -> BudgetedCoder:
@@ -217,72 +257,39 @@ def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:
     return ModelConfig(min_size=cloud_min, max_size=cloud_max)
 
 
+def _stream_id(spool: Spool, given: str | None, device: str | None) -> str:
+    """``--stream-id`` when given (and kept), else the spool's; a device's stream lies under its own name."""
+    if given:
+        spool.set_stream_id(given)
+        return given
+    stream_id = spool.stream_id(lambda: _unique_stream_id(device))
+    if device and not stream_id.startswith(f"{device}{STREAM_SEPARATOR}"):
+        stream_id = _unique_stream_id(device)
+        spool.set_stream_id(stream_id)
+    return stream_id
+
+
 def _unique_stream_id(device: str | None = None) -> str:
     """A stream id unique per run; under the device's own name (which it owns) with a client certificate."""
     run = f"{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     return f"{device}{STREAM_SEPARATOR}{run}" if device else run
 
 
-def _stream(client: Client, agent: EdgeAgent, source: ImageSource, phi: dict[str, float] | None,
-            out_path: Path | None, rate_control: BudgetedCoder | None = None) -> int:
-    """Encode lazily (gRPC pulls frames as it can send them), record each result as it arrives."""
-    pending: dict[int, dict[str, Any]] = {}
-    counts = {"ok": 0, "failed": 0, "bytes": 0, "raw": 0, "round_trip": 0.0}
-    bar = tqdm(total=len(source), unit="frame", desc="frames")
+def _stream(settings: EdgeSettings, client: Client, agent: EdgeAgent, source: Source, spool: Spool,
+            results: ResultLog, phi: dict[str, float] | None, rate_control: BudgetedCoder | None) -> int:
+    """Run the shared streaming loop; print one line per frame and the summary."""
+    def on_encoded(encoded: EncodedFrame) -> dict[str, Any]:
+        return {} if rate_control is None else {"rate": _rate_record(rate_control, encoded)}
 
-    counted_skips = 0
-
-    def count_skips() -> None:  # skipped images never get a result: advance the bar for them here
-        nonlocal counted_skips
-        bar.update(len(source.skipped) - counted_skips)
-        counted_skips = len(source.skipped)
-
-    def frames() -> Iterator[pb.FeatureFrame]:
-        for frame_id, taken in enumerate(source, start=1):
-            count_skips()
-            name = taken.name
-            try:
-                encoded = agent.encode(taken.image, frame_id, phi, capture_time_us=taken.capture_time_us,
-                                       rate_control=rate_control)
-            except (ValueError, FpnlinkError) as exc:
-                log.warning("%s: not encoded: %s", name, exc)
-                source.skipped.append((name, f"{name}: not encoded: {exc}"))
-                continue
-            pending[frame_id] = {"image": name, "frame_id": frame_id, "frame_bytes": encoded.frame_bytes,
-                                 "raw_feature_bytes": encoded.raw_feature_bytes, "stage_ms": dict(encoded.stage_ms)}
-            if rate_control is not None:
-                pending[frame_id]["rate"] = _rate_record(rate_control, encoded)
-            yield encoded.frame
-        count_skips()
-
-    out: IO[str] | None = None
-    error = None
+    loop = StreamLoop(agent, source, spool, client, results, phi=phi, rate_control=rate_control,
+                      on_encoded=on_encoded, on_row=lambda row: tqdm.write(_frame_line(row)), window=settings.window,
+                      frame_timeout_s=settings.frame_timeout_s, max_backoff_s=settings.max_backoff_s)
     try:
-        if out_path is not None:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out = out_path.open("w", encoding="utf-8")
         with logging_redirect_tqdm():
-            for reply in client.stream_replies(frames()):
-                record = _record(pending.pop(reply.result.frame_id), reply)
-                ok = not reply.result.HasField("error")
-                counts["ok" if ok else "failed"] += 1
-                counts["bytes"] += record["frame_bytes"]
-                counts["raw"] += record["raw_feature_bytes"]
-                counts["round_trip"] += reply.round_trip_ms
-                tqdm.write(_frame_line(record, reply.result))
-                bar.update(1)
-                if out is not None:
-                    out.write(json.dumps(record) + "\n")
-                    out.flush()
-    except FpnlinkError as exc:
-        error = f"stream failed after {counts['ok'] + counts['failed']} result(s): {exc}"
-    finally:
-        bar.close()
-        if out is not None:
-            out.close()
-    if error is not None:
-        return _failure(error)
-    return _summary(counts, source, out_path)
+            counts = loop.run()
+    except SpoolError as exc:
+        return _failure(f"stream stopped: {exc}")
+    return _summary(counts, source, settings.out)
 
 
 def _rate_record(coder: BudgetedCoder, encoded: EncodedFrame) -> dict[str, Any]:
@@ -301,38 +308,33 @@ def _rate_record(coder: BudgetedCoder, encoded: EncodedFrame) -> dict[str, Any]:
             "passes": result.passes, "feasible": result.allocation.feasible}
 
 
-def _record(sent: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    """One JSON line: what the edge sent and measured, and the cloud's result."""
-    cloud_total = reply.result.stage_ms.get("total")
-    sent["stage_ms"]["round_trip"] = reply.round_trip_ms
-    sent["stage_ms"]["transport"] = None if cloud_total is None else max(reply.round_trip_ms - cloud_total, 0.0)
-    sent["result"] = result_to_dict(reply.result)
-    return sent
-
-
-def _frame_line(record: dict[str, Any], result: pb.Result) -> str:
-    head = (f"{record['image']}: {record['frame_bytes']:,} B "
-            f"({record['raw_feature_bytes'] / max(record['frame_bytes'], 1):.1f}x under fp32), "
-            f"round trip {record['stage_ms']['round_trip']:.0f} ms")
-    if result.HasField("error"):
-        return f"{head}: ERROR {result.error.code}: {result.error.message}"
-    found = ", ".join(f"{PB_TO_TASK.get(r.task, r.task)} {len(r.detections)}" for r in result.results)
+def _frame_line(row: dict[str, Any]) -> str:
+    if "dropped" in row:
+        return f"{row['image']}: DROPPED: {row['dropped']}"
+    head = (f"{row['image']}: {row['frame_bytes']:,} B "
+            f"({row['raw_feature_bytes'] / max(row['frame_bytes'], 1):.1f}x under fp32), "
+            f"round trip {row['stage_ms']['round_trip']:.0f} ms")
+    result = row["result"]
+    if result.get("error"):
+        return f"{head}: ERROR {result['error']['code']}: {result['error']['message']}"
+    found = ", ".join(f"{task} {len(result[task])}" for task in TASKS if task in result)
     return f"{head}: {found or 'no results'}"
 
 
-def _summary(counts: dict[str, Any], source: ImageSource, out_path: Path | None) -> int:
-    done = counts["ok"] + counts["failed"]
-    for _, reason in source.skipped:
+def _summary(counts: StreamCounts, source: Source, out_path: Path | None) -> int:
+    skipped = [*source.skipped, *counts.not_encoded]
+    for _, reason in skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    line = f"{PROG}: {done} frame(s) answered ({counts['ok']} ok, {counts['failed']} failed), " \
-           f"{len(source.skipped)} image(s) skipped"
+    done = counts.answered
+    line = (f"{PROG}: {done} frame(s) answered ({counts.ok} ok, {counts.failed} failed), {counts.dropped} dropped, "
+            f"{len(skipped)} image(s) skipped")
     if done:
-        line += (f"; mean {counts['bytes'] / done:,.0f} B/frame ({counts['raw'] / max(counts['bytes'], 1):.1f}x "
-                 f"under fp32), mean round trip {counts['round_trip'] / done:.0f} ms")
+        line += (f"; mean {counts.bytes / done:,.0f} B/frame ({counts.raw / max(counts.bytes, 1):.1f}x "
+                 f"under fp32), mean round trip {counts.round_trip_ms / done:.0f} ms")
     if out_path is not None:
         line += f"; results in {out_path}"
     print(line)
-    if counts["ok"] == 0:
+    if counts.ok == 0:
         return _failure("every frame failed in the cloud" if done else "no image could be read and sent")
     return EXIT_OK
 

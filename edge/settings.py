@@ -18,6 +18,7 @@ from ..shared.mfiba import parse_budget, parse_mfip_mode
 from ..shared.model import TASKS
 from ..shared.wire.convert import MAX_ID_LENGTH
 from .client import DEFAULT_MAX_FRAME_BYTES
+from .spool import DEFAULT_LIVE_WINDOW_S, DEFAULT_QUOTA_BYTES, DEFAULT_TTL_S, FullPolicy
 
 
 class EdgeSettings(BaseSettings):
@@ -38,10 +39,18 @@ class EdgeSettings(BaseSettings):
         min_size, max_size: network-input resize; the cloud's (from its capabilities) when unset.
         out: JSON Lines results file; none written when unset.
         threads: torch intra-op threads; torch's default when unset.
-        stream_id: stamped on every frame; a unique one per run when unset.
+        stream_id: stamped on every frame; when unset, the spool's (made unique once, then kept).
         recursive: read images in subfolders of a folder source.
         max_frame_bytes: largest message sent or received.
         connect_timeout_s: how long to wait for the cloud to be SERVING.
+        every, fps: keep every N-th source frame; deliver at most ``fps`` frames per second.
+        spool: the store-and-forward spool file (``default_spool_path()`` when unset); it keeps the stream id.
+        spool_quota_bytes, spool_ttl_s: most frame bytes spooled; age at which an unsent frame is dropped.
+        spool_full: what a full spool drops: ``drop-oldest`` or ``refuse-new`` (live sources; a replayable
+            source waits for room instead).
+        live_window_s: frames spooled this recently go out before the backlog.
+        window: frames in flight on the link; frame_timeout_s: per-frame deadline before reconnecting.
+        max_backoff_s: longest wait between reconnect attempts (exponential, full jitter).
         tls_ca: PEM CA that signed the cloud's certificate; TLS when set.
         tls_cert, tls_key: this device's PEM client certificate and key (mutual TLS); the certificate's
             common name is the device identity, and the default stream id starts with it.
@@ -68,6 +77,16 @@ class EdgeSettings(BaseSettings):
     recursive: bool = False
     max_frame_bytes: int = Field(DEFAULT_MAX_FRAME_BYTES, ge=1024)
     connect_timeout_s: float = Field(10.0, gt=0)
+    every: int = Field(1, ge=1)
+    fps: float | None = Field(None, gt=0)
+    spool: Path | None = None
+    spool_quota_bytes: int = Field(DEFAULT_QUOTA_BYTES, ge=1024)
+    spool_ttl_s: float = Field(DEFAULT_TTL_S, gt=0)
+    spool_full: FullPolicy = "drop-oldest"
+    live_window_s: float = Field(DEFAULT_LIVE_WINDOW_S, ge=0)
+    window: int = Field(4, ge=1, le=64)
+    frame_timeout_s: float = Field(60.0, gt=0)
+    max_backoff_s: float = Field(5.0, gt=0)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -216,3 +216,11 @@ def video_file(tmp_path: Path) -> Path:
 def make_video() -> Callable[..., Path]:
     """:func:`write_video` for tests that write their own videos."""
     return write_video
+
+
+@pytest.fixture(autouse=True)
+def own_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every edge test gets its own spool file (the default one is per machine)."""
+    path = tmp_path / "spool" / "edge-spool.sqlite"
+    monkeypatch.setenv("FPNLINK_EDGE_SPOOL", str(path))
+    return path

@@ -91,7 +91,7 @@ class TestAgainstPeer:
             assert stages["transport"] == pytest.approx(max(stages["round_trip"] - CLOUD_TOTAL_MS, 0.0))
             assert line["result"]["stream_id"] == "cam-7" and len(line["result"]["detect"]) == 1
         assert "a.png: " in captured.out and "detect 1, segment 1" in captured.out
-        assert "2 frame(s) answered (2 ok, 0 failed), 1 image(s) skipped" in captured.out
+        assert "2 frame(s) answered (2 ok, 0 failed), 0 dropped, 1 image(s) skipped" in captured.out
         assert "UNTRAINED WEIGHTS" in captured.err and "broken.png: not an image PIL can read" in captured.err
 
     def test_all_frames_failing_exits_1(self, peer, tiny_bundle, image_dir, capsys):
@@ -101,3 +101,29 @@ class TestAgainstPeer:
         assert main(["run", "--source", str(image_dir), "--server", target]) == 1
         captured = capsys.readouterr()
         assert "ERROR INVALID_ARGUMENT" in captured.out and "every frame failed in the cloud" in captured.err
+
+
+class TestSpoolErrors:
+    def test_corrupt_spool_is_a_clear_error(self, peer, image_dir, tmp_path, capsys):
+        _, target, _ = peer
+        spool = tmp_path / "bad.sqlite"
+        spool.write_bytes(b"garbage" * 200)
+        assert main(["run", "--source", str(image_dir), "--server", target, "--spool", str(spool)]) == 1
+        assert "is not a readable spool" in capsys.readouterr().err
+
+    def test_bad_spool_settings(self, image_dir, closed_target, capsys):
+        args = ["run", "--source", str(image_dir), "--server", closed_target]
+        assert main([*args, "--spool-full", "block"]) == 2
+        assert main([*args, "--spool-quota", "10"]) == 2
+        assert "--spool-quota-bytes" in capsys.readouterr().err
+
+    def test_rerun_after_a_finished_run_starts_afresh(self, peer, tiny_bundle, image_dir, tmp_path):
+        servicer, target, _ = peer
+        servicer.model_fingerprint = tiny_bundle.backbone_fingerprint_for(["detect"])
+        out = tmp_path / "results.jsonl"
+        argv = ["run", "--source", str(image_dir), "--server", target, "--out", str(out)]
+        assert main(argv) == 0 and main(argv) == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [line["image"] for line in lines] == ["a.png", "b.png"]  # the file starts afresh, the source too
+        assert [line["frame_id"] for line in lines] == [3, 4] and servicer.received == [1, 2, 3, 4]
+        assert len({line["stream_id"] for line in lines}) == 1
