@@ -48,6 +48,8 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--tls-key", str, "PEM key of --tls-cert"),
     ("--tls-client-ca", str, "PEM CA of the devices' client certificates: gRPC requires mutual TLS"),
     ("--token-file", str, "bearer-token hashes and scopes (fpnlink-cloud token add writes it)"),
+    ("--health-port", int, "plaintext gRPC port with only grpc.health.v1 (Kubernetes probes)"),
+    ("--max-connection-age-s", float, "close gRPC connections after this long so streams rebalance"),
 )
 
 

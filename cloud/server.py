@@ -113,8 +113,12 @@ def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[g
         The server and the port it bound (``settings.grpc_port``, or the ephemeral port for 0).
     """
     cap = settings.max_frame_bytes
+    options = [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+    if settings.max_connection_age_s is not None:  # clients reconnect, and a balancer spreads them again
+        options += [("grpc.max_connection_age_ms", round(1e3 * settings.max_connection_age_s)),
+                    ("grpc.max_connection_age_grace_ms", round(1e3 * settings.grace_s))]
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)],
+        options=options,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         interceptors=[TokenInterceptor(service.authenticator, service.metrics.record_auth_failure)]
         if service.authenticator.enabled else None,

@@ -53,6 +53,8 @@ class CloudSettings(BaseSettings):
         token_file: bearer-token hashes and scopes (see :mod:`.tokens`); without one every call is allowed.
         health_port: a plaintext gRPC port serving only ``grpc.health.v1`` (Kubernetes gRPC probes cannot do
             TLS); none when omitted.
+        max_connection_age_s: gRPC connections are closed (GOAWAY, in-flight calls get ``grace_s``) after this
+            long, so that long-lived streams rebalance over replicas; never when omitted.
     """
 
     model_config = SettingsConfigDict(env_prefix="FPNLINK_CLOUD_", extra="forbid")
@@ -88,6 +90,7 @@ class CloudSettings(BaseSettings):
     tls_client_ca: Path | None = None
     token_file: Path | None = None
     health_port: int | None = Field(None, ge=0, le=65535)
+    max_connection_age_s: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> CloudSettings:

@@ -85,6 +85,7 @@ class TestHelmChart:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["FPNLINK_CLOUD_TLS_CLIENT_CA"] == "/etc/fpnlink/security/ca.crt"
         assert env["FPNLINK_CLOUD_HEALTH_PORT"] == "50052"
+        assert float(env["FPNLINK_CLOUD_MAX_CONNECTION_AGE_S"]) > 0
         hpa = docs[("HorizontalPodAutoscaler", "fpnlink-cloud")]["spec"]["metrics"][0]["pods"]
         assert hpa["metric"]["name"] == "fpnlink_cloud_queue_wait_seconds_p95"
         rules = docs[("ConfigMap", "fpnlink-cloud-adapter-rules")]["data"]["config.yaml"]
