@@ -10,6 +10,7 @@ route                      what
 ``GET /readyz``            readiness: 503 until the engine is loaded and warmed up
 ``GET /metrics``           Prometheus text from the service's own registry
 ``GET /docs``              Swagger UI, its assets served by the app itself (works offline)
+``GET /v1/streams...``     analytics over the results store (:mod:`.analytics`; scope ``read``)
 =========================  ============================================================================
 
 Routes that send frames need scope ``ingest``, capabilities ``ingest`` or ``read`` (see :mod:`.auth`);
@@ -33,11 +34,13 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from fpnlink.shared.errors import BadFrameError
-from fpnlink.shared.wire import PB_TO_TASK, pb, result_to_dict
+from fpnlink.shared.wire import PB_TO_TASK, pb
 
 from .auth import INGEST, READ, rest_dependency
+from .analytics import create_analytics_router
 from .bodylimit import BodyLimitMiddleware
 from .errors import map_error
+from .schemas import ErrorBody, ErrorResponse, ResultModel
 
 if TYPE_CHECKING:
     from .service import CloudService
@@ -48,48 +51,6 @@ DEFAULT_TASKS = "detect"
 
 
 # --------------------------------------------------------------------------------------------- models
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class MaskModel(BaseModel):
-    size: list[int]
-    counts: str
-
-
-class DetectionModel(BaseModel):
-    box: list[float]
-    label: int
-    category: str
-    score: float
-    mask: MaskModel | None = None
-    keypoints: list[float] | None = None
-    keypoint_scores: list[float] | None = None
-
-
-class ResultModel(BaseModel):
-    """A Result (see ``result_to_dict``): one detection list per requested task."""
-
-    stream_id: str
-    frame_id: int
-    frame_bytes: int
-    trained: bool
-    stage_ms: dict[str, float]
-    error: ErrorBody | None = None
-    detect: list[DetectionModel] | None = None
-    segment: list[DetectionModel] | None = None
-    keypoints: list[DetectionModel] | None = None
-
-    @classmethod
-    def from_pb(cls, result: pb.Result) -> ResultModel:
-        return cls.model_validate(result_to_dict(result))
 
 
 class ModelInfoModel(BaseModel):
@@ -256,6 +217,8 @@ def create_app(service: CloudService) -> FastAPI:
         return Response(body, media_type=content_type)
 
     app.include_router(router)
+    app.include_router(create_analytics_router(service.recorder, route_class=_MappedErrorsRoute,
+                                               dependencies=[requires(service, READ)]))
     app.add_middleware(BodyLimitMiddleware, reject=error_response, limits={
         "/v1/frames": settings.max_frame_bytes,
         "/v1/analyze": settings.max_upload_bytes,

@@ -50,6 +50,13 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--token-file", str, "bearer-token hashes and scopes (fpnlink-cloud token add writes it)"),
     ("--health-port", int, "plaintext gRPC port with only grpc.health.v1 (Kubernetes probes)"),
     ("--max-connection-age-s", float, "close gRPC connections after this long so streams rebalance"),
+    ("--database-url", str, "results store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB"),
+    ("--database-path", str, "SQLite file of the results store when no URL is given (default fpnlink-cloud.db)"),
+    ("--store-queue-size", int, "frames waiting for their store commit at most (beyond: UNAVAILABLE)"),
+    ("--store-batch-size", int, "frames per store transaction at most"),
+    ("--store-timeout-s", float, "database connect timeout and commit wait"),
+    ("--retention-max-age-s", float, "prune stored frames received longer ago than this"),
+    ("--retention-max-frames", int, "keep only the newest this many stored frames"),
 )
 
 
@@ -63,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--codecs", default=None, help="comma-separated codec names (default: all registered)")
     serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
                        help="report ready without running each model once first")
+    serve.add_argument("--no-store", dest="store", action="store_false", default=None,
+                       help="keep no record of frames (no /v1 analytics, no resends from the store)")
     serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
                        help="logging level (default info)")
     token = subparsers.add_parser("token", help="manage the bearer-token file")
@@ -90,6 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> CloudSettings:
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in _FLAGS}
     overrides["codecs"] = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else None
     overrides["warmup"] = args.warmup
+    overrides["store"] = args.store
     overrides["log_level"] = args.log_level
     return CloudSettings(**{k: v for k, v in overrides.items() if v is not None})
 

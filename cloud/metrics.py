@@ -10,7 +10,7 @@ counters, a histogram for every size and latency.
 ==========================================  =========  ================  =========================================
 metric                                      type       labels            what
 ==========================================  =========  ================  =========================================
-``fpnlink_cloud_frames_total``              counter    transport, codec  frames answered with a result
+``fpnlink_cloud_frames_total``              counter    transport, codec  frames answered with a computed result
 ``fpnlink_cloud_frame_bytes_total``         counter    transport, codec  serialized bytes of those frames
 ``fpnlink_cloud_frame_size_bytes``          histogram  transport         serialized frame size
 ``fpnlink_cloud_images_total``              counter    transport         images analyzed (REST ``/v1/analyze``)
@@ -27,6 +27,14 @@ metric                                      type       labels            what
 ``fpnlink_cloud_scale_planned_bytes``       histogram  scale             edge's planned bytes (when planned)
 ``fpnlink_cloud_scale_payload_bytes``       histogram  scale             payload bytes per scale
 ``fpnlink_cloud_ready``                     gauge                        1 once the engine is warmed up
+``fpnlink_cloud_stored_frames_total``       counter                      frames committed to the results store
+``fpnlink_cloud_frames_from_store_total``   counter                      resent frames answered from the store
+``fpnlink_cloud_store_queue_depth``         gauge                        frames waiting for their store commit
+``fpnlink_cloud_store_queue_full_total``    counter                      frames refused: store queue full
+``fpnlink_cloud_store_failures_total``      counter                      store transactions that failed
+``fpnlink_cloud_store_write_seconds``       histogram                    store transaction time per batch
+``fpnlink_cloud_store_batch_size``          histogram                    frames per store transaction
+``fpnlink_cloud_store_pruned_frames_total`` counter                      frames deleted by retention
 ==========================================  =========  ================  =========================================
 """
 
@@ -100,6 +108,17 @@ class CloudMetrics:
         self.scale_payload = Histogram("scale_payload_bytes", "Payload bytes per scale.", ["scale"],
                                        buckets=SCALE_BYTE_BUCKETS, **kw)
         self.ready = Gauge("ready", "1 once the engine is loaded and warmed up.", **kw)
+        self.stored_frames = Counter("stored_frames", "Frames committed to the results store.", **kw)
+        self.frames_from_store = Counter("frames_from_store", "Resent frames answered from the results store "
+                                         "without running the heads.", **kw)
+        self.store_queue_depth = Gauge("store_queue_depth", "Frames waiting for their store commit.", **kw)
+        self.store_queue_full = Counter("store_queue_full", "Frames refused because the store queue was full.", **kw)
+        self.store_failures = Counter("store_failures", "Store transactions that failed.", **kw)
+        self.store_write_seconds = Histogram("store_write_seconds", "Store transaction time per batch.",
+                                             buckets=SECOND_BUCKETS, **kw)
+        self.store_batch_size = Histogram("store_batch_size", "Frames per store transaction.",
+                                          buckets=BATCH_BUCKETS, **kw)
+        self.store_pruned_frames = Counter("store_pruned_frames", "Frames deleted by the retention settings.", **kw)
 
     @_never_raise
     def record_frame(self, transport: str, frame: pb.FeatureFrame, result: pb.Result,
@@ -159,6 +178,34 @@ class CloudMetrics:
     @_never_raise
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1.0 if ready else 0.0)
+
+    def watch_store_queue(self, depth: Callable[[], int]) -> None:
+        """Read the store queue's depth from ``depth`` at every scrape."""
+        self.store_queue_depth.set_function(depth)
+
+    @_never_raise
+    def record_store_batch(self, frames: int, seconds: float) -> None:
+        """A committed store transaction of ``frames`` frames."""
+        self.stored_frames.inc(frames)
+        self.store_batch_size.observe(frames)
+        self.store_write_seconds.observe(seconds)
+
+    @_never_raise
+    def record_store_full(self) -> None:
+        self.store_queue_full.inc()
+
+    @_never_raise
+    def record_store_failure(self) -> None:
+        self.store_failures.inc()
+
+    @_never_raise
+    def record_store_pruned(self, frames: int) -> None:
+        self.store_pruned_frames.inc(frames)
+
+    @_never_raise
+    def record_frame_from_store(self) -> None:
+        """A resent frame answered from the store (the heads did not run)."""
+        self.frames_from_store.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, and its content type."""

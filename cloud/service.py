@@ -47,6 +47,7 @@ from .engine import CloudEngine, PreparedFrame, build_codec, decode_frame, frame
 from .errors import status_for
 from .imageio import decode_image
 from .metrics import CloudMetrics
+from .recorder import FrameRecorder, now_us
 from .server import SERVICE_NAME, build_grpc_server, build_health_server
 from .settings import CloudSettings
 from .tls import ServerTLS, load_server_tls
@@ -74,6 +75,7 @@ class FrameOutcome:
         error: the failure, None on success.
         frame_bytes: size of the received message.
         device_id: the sender's mutual-TLS identity (certificate common name), None without one.
+        from_store: the result was answered from the results store (a resend; the heads did not run).
     """
 
     frame: pb.FeatureFrame | None
@@ -81,6 +83,7 @@ class FrameOutcome:
     error: Exception | None
     frame_bytes: int
     device_id: str | None = None
+    from_store: bool = False
 
 
 class CloudService:
@@ -102,6 +105,7 @@ class CloudService:
         self.authenticator = Authenticator(load_tokens(settings.token_file) if settings.token_file else None)
         self.tls: ServerTLS | None = load_server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca) \
             if settings.tls_cert is not None else None
+        self.recorder = FrameRecorder.from_settings(settings, self.metrics) if settings.store else None
         self.health = health.aio.HealthServicer()
         self.grpc_port: int | None = None
         self.http_port: int | None = None
@@ -144,6 +148,10 @@ class CloudService:
             engine = self.engine
         except NotReadyError as exc:
             return False, str(exc)
+        if self.recorder is not None:
+            store_ready, store_reason = self.recorder.readiness()
+            if not store_ready:
+                return False, store_reason
         return True, f"serving weights {engine.bundle.weights!r}"
 
     # ------------------------------------------------------------------------------------------- requests
@@ -157,6 +165,7 @@ class CloudService:
         Metrics are recorded here, for success and failure alike. Before the engine is ready the frame is
         still parsed, so that its ``UNAVAILABLE`` answer carries the stream and frame ids.
         """
+        received_us = now_us()
         self._queued += 1
         self.metrics.set_queue_depth(self._queued)
         try:
@@ -164,10 +173,12 @@ class CloudService:
         finally:
             self._queued -= 1
             self.metrics.set_queue_depth(self._queued)
-        if outcome.error is None:
-            self.metrics.record_frame(transport, outcome.frame, outcome.result)
-        else:
+        if self.recorder is not None:
+            outcome = await self.recorder.record(outcome, received_us)
+        if outcome.error is not None:
             self.metrics.record_error(transport, status_for(outcome.error)[0].name)
+        elif not outcome.from_store:  # a stored answer ran no stage; it counts in frames_from_store_total
+            self.metrics.record_frame(transport, outcome.frame, outcome.result)
         return outcome
 
     async def _frame_outcome(self, data: bytes, device_id: str | None) -> FrameOutcome:
@@ -193,6 +204,9 @@ class CloudService:
             frame = decode_frame(data, self.settings.max_frame_bytes)
             self._batcher.check_capacity()  # after parsing, so that the answer carries the frame's ids
             check_stream_owner(device_id, frame.stream_id)
+            stored = self.recorder.lookup(frame) if self.recorder is not None else None
+            if stored is not None:
+                return FrameOutcome(frame, stored, None, len(data), device_id, from_store=True)
             prepared = self.engine.prepare(frame, len(data), digest=frame_digest(data))
         except Exception as exc:  # every failure becomes an outcome; the transport maps it
             return FrameOutcome(frame, None, exc, len(data), device_id)
@@ -292,6 +306,8 @@ class CloudService:
 
     def _build_engine(self) -> CloudEngine:
         settings = self.settings
+        if self.recorder is not None:
+            self.recorder.open()
         bundle = self._loader(settings)
         if not bundle.trained:
             logger.warning("%s\nUNTRAINED WEIGHTS %r: every detection this server returns is meaningless "
@@ -336,6 +352,8 @@ class CloudService:
                 await self._http_task
         if self._batcher is not None:
             await self._batcher.close()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._parse_executor is not None:

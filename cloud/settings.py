@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fpnlink.shared.codec import available_codecs, codec_has_weights
 from fpnlink.shared.model import ModelConfig
+
+from .store.database import normalize_url
 
 MiB = 1024 * 1024
 MAX_GRPC_MESSAGE = 2**31 - 1
@@ -55,6 +57,15 @@ class CloudSettings(BaseSettings):
             TLS); none when omitted.
         max_connection_age_s: gRPC connections are closed (GOAWAY, in-flight calls get ``grace_s``) after this
             long, so that long-lived streams rebalance over replicas; never when omitted.
+        store: keep every answered frame in the results store (``/v1/streams`` analytics, resends after a
+            restart); off serves frames without any record.
+        database_url: ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``; ``database_path`` when omitted.
+        database_path: the default SQLite file (WAL mode), created with its folder on first start.
+        store_queue_size: frames waiting for their commit at most; beyond, frames get UNAVAILABLE.
+        store_batch_size: frames per store transaction at most.
+        store_timeout_s: database connect timeout, and how long a frame waits for its commit.
+        retention_max_age_s, retention_max_frames: frames older (by receive time), or beyond the newest
+            ``retention_max_frames``, are pruned; kept forever when both are omitted.
     """
 
     model_config = SettingsConfigDict(env_prefix="FPNLINK_CLOUD_", extra="forbid")
@@ -91,6 +102,21 @@ class CloudSettings(BaseSettings):
     token_file: Path | None = None
     health_port: int | None = Field(None, ge=0, le=65535)
     max_connection_age_s: float | None = Field(None, gt=0.0)
+    store: bool = True
+    database_url: str | None = None
+    database_path: Path = Path("fpnlink-cloud.db")
+    store_queue_size: int = Field(1024, ge=1)
+    store_batch_size: int = Field(64, ge=1, le=10_000)
+    store_timeout_s: float = Field(5.0, gt=0.0)
+    retention_max_age_s: float | None = Field(None, gt=0.0)
+    retention_max_frames: int | None = Field(None, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str | None) -> str | None:
+        if url is not None:
+            normalize_url(url)  # ValueError naming the accepted forms
+        return url
 
     @model_validator(mode="after")
     def _consistent(self) -> CloudSettings:

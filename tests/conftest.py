@@ -1,13 +1,28 @@
-"""Shared fixtures: one tiny random-weight bundle per session (CPU, 128 px network input)."""
+"""Shared fixtures: one tiny random-weight bundle per session (CPU, 128 px network input); real databases for
+the results store (an SQLite file, a PostgreSQL server from the installed binaries); a cloud's default store
+goes to a temporary folder, never the working directory."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+import sqlalchemy as sa
 import torch
 
 from fpnlink.shared.model import ModelBundle, ModelConfig, load_bundle
+from fpnlink.tools.postgres import TemporaryPostgres
 
 TINY_CONFIG = ModelConfig(min_size=128, max_size=128, detections_per_img=5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cloud_store_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``CloudSettings()`` built by any test stores into a session folder (``FPNLINK_CLOUD_DATABASE_PATH``)."""
+    os.environ.setdefault("FPNLINK_CLOUD_DATABASE_PATH", str(tmp_path_factory.mktemp("cloud-store") / "cloud.db"))
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +35,27 @@ def tiny_bundle() -> ModelBundle:
 def tiny_image() -> torch.Tensor:
     generator = torch.Generator().manual_seed(7)
     return torch.rand(3, 96, 128, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[TemporaryPostgres]:
+    """One real PostgreSQL server (installed binaries) for the session; each test gets its own database."""
+    with TemporaryPostgres(fsync=False) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: an SQLite file under ``tmp_path``, or a new database on the real server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store' / 'results.db'}"
+        return
+    server: TemporaryPostgres = request.getfixturevalue("postgres_server")
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    yield server.url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()

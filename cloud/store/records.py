@@ -61,6 +61,12 @@ class FrameRecord:
         return self.stream_id, self.frame_id
 
 
+def check_storable(frame: pb.FeatureFrame) -> None:
+    """:class:`BadFrameError` for a frame the store cannot key (a frame id of 2**63 or more)."""
+    if frame.frame_id > MAX_STORED_FRAME_ID:
+        raise BadFrameError(f"frame_id {frame.frame_id} is too large to store (at most {MAX_STORED_FRAME_ID})")
+
+
 def frame_record(
     frame: pb.FeatureFrame,
     *,
@@ -76,8 +82,7 @@ def frame_record(
     Raises:
         BadFrameError: a frame id that SQL cannot hold (>= 2**63).
     """
-    if frame.frame_id > MAX_STORED_FRAME_ID:
-        raise BadFrameError(f"frame_id {frame.frame_id} is too large to store (at most {MAX_STORED_FRAME_ID})")
+    check_storable(frame)
     tasks = tuple(dict.fromkeys(PB_TO_TASK[t] for t in frame.tasks if t in PB_TO_TASK))
     return FrameRecord(
         stream_id=frame.stream_id,
@@ -139,6 +144,14 @@ def detection_rows(record: FrameRecord, frame_pk: int) -> list[dict[str, Any]]:
                 "keypoint_scores": list(det.keypoint_scores) if det.keypoint_scores else None,
             })
     return rows
+
+
+def answered_result(record: FrameRecord) -> pb.Result:
+    """The Result a record's frame was answered with; for a failure, one carrying only the error."""
+    if record.result is not None:
+        return record.result
+    return pb.Result(stream_id=record.stream_id, frame_id=record.frame_id, frame_bytes=record.frame_bytes,
+                     error=pb.Error(code=record.error_code or "", message=record.error_message or ""))
 
 
 def result_from_rows(frame: Mapping[str, Any], detections: Iterable[Mapping[str, Any]]) -> pb.Result:

@@ -86,9 +86,10 @@ def png_bytes(height: int = 96, width: int = 128, seed: int | None = 0) -> bytes
 
 
 def loopback_settings(**overrides: object) -> CloudSettings:
-    """Settings for a test server: loopback, ephemeral ports, tiny model config, no warm-up."""
+    """Settings for a test server: loopback, ephemeral ports, tiny model config, no warm-up, no results store
+    (tests of the store pass ``store=True`` and a ``database_url``)."""
     values = dict(host="127.0.0.1", grpc_port=0, http_port=0, min_size=128, max_size=128, detections_per_img=5,
-                  warmup=False, grace_s=1.0, log_level="warning")
+                  warmup=False, grace_s=1.0, log_level="warning", store=False)
     values.update(overrides)
     return CloudSettings(**values)
 
