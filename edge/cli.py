@@ -37,7 +37,7 @@ from .agent import EdgeAgent, EncodedFrame
 from .client import Client, LinkError, check_compatible
 from .results import ResultLog
 from .settings import EdgeSettings
-from .sources import Source, SourceError, open_source
+from .sources import Source, SourceError, SourceFrame, open_source
 from .spool import FULL_POLICIES, Spool, SpoolError, default_spool_path
 from .stream import StreamCounts, StreamLoop
 
@@ -278,7 +278,7 @@ def _unique_stream_id(device: str | None = None) -> str:
 def _stream(settings: EdgeSettings, client: Client, agent: EdgeAgent, source: Source, spool: Spool,
             results: ResultLog, phi: dict[str, float] | None, rate_control: BudgetedCoder | None) -> int:
     """Run the shared streaming loop; print one line per frame and the summary."""
-    def on_encoded(encoded: EncodedFrame) -> dict[str, Any]:
+    def on_encoded(_: SourceFrame, encoded: EncodedFrame) -> dict[str, Any]:
         return {} if rate_control is None else {"rate": _rate_record(rate_control, encoded)}
 
     loop = StreamLoop(agent, source, spool, client, results, phi=phi, rate_control=rate_control,

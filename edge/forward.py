@@ -136,9 +136,10 @@ class Forwarder:
                 message = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
                 code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
                 self.last_error = f"{getattr(code, 'name', code)}: {message}"
-                if not self._stopped.is_set():
-                    log.warning("link to %s down (%s); %d frame(s) stay spooled", self.client.target,
-                                self.last_error, self.spool.depth()[0])
+                if not self._stopped.is_set():  # once per outage; the retries log at debug level
+                    log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                            "link to %s down (%s); %d frame(s) stay spooled, reconnecting", self.client.target,
+                            self.last_error, self.spool.depth()[0])
             with self._cond:
                 self._in_flight.clear()
                 self._call = None

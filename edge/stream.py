@@ -29,7 +29,7 @@ from .agent import EdgeAgent, EncodedFrame, RateControl
 from .client import Client
 from .forward import Forwarder
 from .results import ResultLog
-from .sources import Source
+from .sources import Source, SourceFrame
 from .spool import Spool, Spooled
 
 ROOM_POLL_S = 0.05
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 RowHook = Callable[[dict[str, Any]], None]
 """Called with every results line after it is written (printing, drawing, metrics)."""
-EncodeHook = Callable[[EncodedFrame], dict[str, Any]]
-"""Extra fields for a frame's results line, taken when it is encoded (e.g. a rate-control record)."""
+EncodeHook = Callable[[SourceFrame, EncodedFrame], dict[str, Any]]
+"""Extra fields for a frame's results line, taken when it is encoded (a rate-control record, a JPEG size)."""
 
 
 @dataclass
@@ -183,7 +183,7 @@ class StreamLoop:
                           "capture_time_us": taken.capture_time_us, "frame_bytes": encoded.frame_bytes,
                           "raw_feature_bytes": encoded.raw_feature_bytes, "stage_ms": dict(encoded.stage_ms)}
                 if self.on_encoded is not None:
-                    record.update(self.on_encoded(encoded))
+                    record.update(self.on_encoded(taken, encoded))
                 cursor = (self.source.identity, taken.index + 1) if self.source.replayable else None
                 data = encoded.frame.SerializeToString()
                 self._last_size = len(data)

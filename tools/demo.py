@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,12 +19,14 @@ from PIL import Image
 
 from fpnlink.cloud.service import CloudService
 from fpnlink.cloud.settings import CloudSettings
-from fpnlink.edge import Client, EdgeAgent, EncodedFrame
+from fpnlink.edge import Client, EdgeAgent, EncodedFrame, ImageSource, SourceFrame
+from fpnlink.edge.results import ResultLog
+from fpnlink.edge.spool import Spool
+from fpnlink.edge.stream import StreamLoop
 from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, available_codecs, make_codec
 from fpnlink.shared.errors import WeightsError
-from fpnlink.shared.imageio import to_tensor
+from fpnlink.shared.imageio import decode_image, to_tensor
 from fpnlink.shared.model import TASKS, ModelBundle, ModelConfig, load_bundle
-from fpnlink.shared.wire import result_to_dict
 
 from .draw import annotate
 from .image_coding import encode_image
@@ -68,27 +71,23 @@ def jpeg_bytes(image: torch.Tensor, quality: int = JPEG_QUALITY) -> int:
     return len(encode_image(array, "JPEG", quality))
 
 
-def _row(name: str, encoded: EncodedFrame, result: dict, transport_ms: float, jpeg: int) -> dict:
+def _row(line: dict) -> dict:
+    """The table's and the summary's view of one results line."""
+    result, stages = line["result"], line["stage_ms"]
     cloud = result["stage_ms"]
-    stages = {
-        "backbone": encoded.stage_ms["backbone"],
-        "encode": encoded.stage_ms["encode"],
-        "transport": transport_ms,
-        "decode": cloud.get("decode", 0.0),
-        "heads": cloud.get("heads", 0.0),
-    }
     return {
-        "image": name,
-        "frame_id": result["frame_id"],
+        "image": line["image"],
+        "frame_id": line["frame_id"],
         "frame_bytes": result["frame_bytes"],
-        "raw_feature_bytes": encoded.raw_feature_bytes,
-        "ratio": encoded.raw_feature_bytes / max(result["frame_bytes"], 1),
-        "jpeg75_bytes": jpeg,
-        "vs_jpeg75": result["frame_bytes"] / max(jpeg, 1),
-        "stage_ms": {k: round(v, 1) for k, v in stages.items()},
+        "raw_feature_bytes": line["raw_feature_bytes"],
+        "ratio": line["ratio"],
+        "jpeg75_bytes": line["jpeg75_bytes"],
+        "vs_jpeg75": line["vs_jpeg75"],
+        "stage_ms": {k: round(v, 1) for k, v in {
+            "backbone": stages["backbone"], "encode": stages["encode"], "transport": stages["transport"] or 0.0,
+            "decode": cloud.get("decode", 0.0), "heads": cloud.get("heads", 0.0)}.items()},
         "detections": {task: len(result.get(task, [])) for task in TASKS if task in result},
         "error": result.get("error"),
-        "result": result,
     }
 
 
@@ -118,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(UNTRAINED_NOTICE.format(weights=bundle.weights))
     codec = make_codec(args.codec)
     phi = codec.default_phi if args.phi is None else args.phi
-    scenes = generate_scenes(out / "inputs", args.images, args.size, args.seed)
+    generate_scenes(out / "inputs", args.images, args.size, args.seed)
 
     settings = CloudSettings(host="127.0.0.1", grpc_port=0, http_port=0, weights=bundle.weights,
                              min_size=config.min_size, max_size=config.max_size,
@@ -129,34 +128,31 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"operating point: codec {codec.name} ({codec.fingerprint}), phi {phi:g} on every scale, "
               f"{config.min_size} px input")
         agent = EdgeAgent(bundle, codec, tasks, stream_id="demo")
-        encoded: dict[int, EncodedFrame] = {}
+        rows: list[dict] = []
 
-        def frames():
-            for frame_id, (_, image) in enumerate(scenes, start=1):
-                encoded[frame_id] = agent.encode(image, frame_id, dict.fromkeys("0123", phi))
-                yield encoded[frame_id].frame
+        def on_encoded(taken: SourceFrame, encoded: EncodedFrame) -> dict:
+            jpeg = jpeg_bytes(taken.image)
+            return {"jpeg75_bytes": jpeg, "vs_jpeg75": encoded.frame_bytes / max(jpeg, 1),
+                    "ratio": encoded.raw_feature_bytes / max(encoded.frame_bytes, 1)}
 
-        rows = []
-        previous_arrival = 0.0
-        with Client(f"127.0.0.1:{cloud.grpc_port}") as client, (out / "results.jsonl").open("w") as jsonl:
+        def on_row(row: dict) -> None:
+            rows.append(_row(row))
+            image = decode_image(out / "inputs" / row["image"])
+            pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            (out / "annotated").mkdir(exist_ok=True)
+            annotate(pil, row["result"], min_score=args.min_score).save(out / "annotated" / row["image"])
+
+        with (Client(f"127.0.0.1:{cloud.grpc_port}") as client, tempfile.TemporaryDirectory() as spool_dir,
+              Spool(Path(spool_dir) / "spool.sqlite") as spool):
             client.wait_ready()
-            for reply in client.stream_replies(frames(), ordered=True):
-                arrival = time.perf_counter()
-                result = result_to_dict(reply.result)
-                name, image = scenes[result["frame_id"] - 1]
-                # Frames are pipelined: one sent while the cloud still works on the previous frame waits
-                # for it, so that wait is taken out of the round trip along with the cloud's own time.
-                sent = arrival - reply.round_trip_ms / 1e3
-                waited_ms = max(previous_arrival - sent, 0.0) * 1e3
-                transport_ms = max(reply.round_trip_ms - waited_ms - result["stage_ms"].get("total", 0.0), 0.0)
-                previous_arrival = arrival
-                row = _row(name, encoded[result["frame_id"]], result, transport_ms, jpeg_bytes(image))
-                rows.append(row)
-                jsonl.write(json.dumps(row) + "\n")
-                jsonl.flush()
-                pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-                (out / "annotated").mkdir(exist_ok=True)
-                annotate(pil, result, min_score=args.min_score).save(out / "annotated" / f"{name}.png")
+            results = ResultLog(out / "results.jsonl", resume=False)
+            try:
+                StreamLoop(agent, ImageSource(out / "inputs"), spool, client, results,
+                           phi=dict.fromkeys("0123", phi), on_encoded=on_encoded, on_row=on_row,
+                           progress=False).run()
+            finally:
+                results.close()
+    rows.sort(key=lambda row: row["frame_id"])
     _print_table(rows)
     summary = {
         "weights": bundle.weights,

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from media import write_video
 from PIL import Image
 
 from fpnlink.edge.client import DEFAULT_MAX_FRAME_BYTES, SERVICE_NAME
@@ -184,26 +185,6 @@ def image_dir(tmp_path: Path) -> Path:
 def write_png() -> Callable[..., np.ndarray]:
     """:func:`write_image` for tests that write their own files."""
     return write_image
-
-
-def write_video(path: Path, frames: int = 12, fps: int = 10, height: int = 48, width: int = 64,
-                creation_time: str | None = "2024-01-02T03:04:05.000000Z") -> Path:
-    """Write an MPEG-4 video with PyAV whose frame ``i`` is flat gray ``20 * i % 256``."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        if creation_time is not None:
-            container.metadata["creation_time"] = creation_time
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(frames):
-            pixels = np.full((height, width, 3), 20 * index % 256, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture
