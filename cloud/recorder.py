@@ -102,7 +102,11 @@ class FrameRecorder:
         if not self.opened:
             raise NotReadyError("the results store is still opening; retry shortly")
         check_storable(frame)
-        result = self.store.lookup(frame.stream_id, frame.frame_id)
+        try:
+            result = self.store.lookup(frame.stream_id, frame.frame_id)
+        except StoreUnavailableError as exc:
+            self.writer.mark_unavailable(str(exc))
+            raise
         if result is not None:
             self.metrics.record_frame_from_store()
         return result

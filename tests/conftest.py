@@ -4,6 +4,7 @@ goes to a temporary folder, never the working directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -44,18 +45,39 @@ def postgres_server() -> Iterator[TemporaryPostgres]:
         yield server
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: an SQLite file under ``tmp_path``, or a new database on the real server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'results.db'}"
+@contextlib.contextmanager
+def fresh_database(kind: str, folder: Path, server: TemporaryPostgres | None) -> Iterator[str]:
+    """The URL of an empty database: an SQLite file (not yet created) in ``folder``, or a new database on
+    ``server``, dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'store' / 'results.db'}"
         return
-    server: TemporaryPostgres = request.getfixturevalue("postgres_server")
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as connection:
         connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    yield server.url.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    try:
+        yield server.url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for one test: an SQLite file under ``tmp_path``, or one on the real server."""
+    server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
+    with fresh_database(request.param, tmp_path, server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """:func:`database_url` shared by the tests of one module."""
+    server = request.getfixturevalue("postgres_server") if request.param == "postgresql" else None
+    with fresh_database(request.param, tmp_path_factory.mktemp("db"), server) as url:
+        yield url

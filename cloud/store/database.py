@@ -15,7 +15,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 def normalize_url(url: str) -> URL:
@@ -44,7 +43,7 @@ def connect(url: str, timeout_s: float = 5.0) -> sa.Engine:
 
     Args:
         url: ``sqlite:///PATH`` or ``postgresql://...``.
-        timeout_s: connect timeout (PostgreSQL) and lock wait (SQLite).
+        timeout_s: connect timeout (PostgreSQL), or how long a write waits for another writer's lock (SQLite).
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -60,7 +59,6 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 

@@ -75,6 +75,10 @@ class StoreWriter:
         queue_size: records waiting at most; beyond, :meth:`save` raises :class:`StoreFullError`.
         batch_size: records per transaction at most.
         retention: pruning rules; none by default.
+
+    Attributes:
+        available, last_error: whether the last transaction or ping succeeded, and why not.
+        busy: a transaction is in progress.
         observer: metric hooks.
         on_stored: called in the writer thread with each committed batch (the live feed).
         retention_interval_s: seconds between pruning passes.
@@ -99,6 +103,7 @@ class StoreWriter:
         self.retention_interval_s = retention_interval_s
         self.available = True
         self.last_error: str | None = None
+        self.busy = False
         self._observer = observer
         self._on_stored = on_stored
         self._queue: queue.Queue[_Pending | object] = queue.Queue(queue_size)
@@ -140,6 +145,10 @@ class StoreWriter:
             self._notify("record_store_full")
             return False
         return True
+
+    def mark_unavailable(self, error: str) -> None:
+        """Another user of the store (a lookup) failed: not available until a ping or a commit succeeds."""
+        self._set_available(False, error)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -190,6 +199,7 @@ class StoreWriter:
     def _flush(self, batch: list[_Pending]) -> None:
         records = [pending.record for pending in batch]
         start = time.perf_counter()
+        self.busy = True
         try:
             self.store.write(records)
         except Exception as exc:  # every future learns the failure; the thread goes on
@@ -201,6 +211,8 @@ class StoreWriter:
                 if pending.done is not None:
                     pending.done.set_exception(error)
             return
+        finally:
+            self.busy = False
         self._set_available(True, None)
         self._notify("record_store_batch", len(records), time.perf_counter() - start)
         for pending in batch:
