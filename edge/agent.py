@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..shared.codec.base import FeatureCodec
 from ..shared.mfiba.control import RateDecision
+from ..shared.model.front import FrontHalf
 from ..shared.model.split import TRANSMITTED_SCALES
 from ..shared.model.zoo import ModelBundle
 from ..shared.wire import FrameHeader, build_frame, pb
@@ -58,7 +59,9 @@ class EdgeAgent:
     """Runs the front half of the detector and codes its features, one image at a time.
 
     Args:
-        bundle: the detectors; their backbone must serve every task in ``tasks``.
+        bundle: the front half (:func:`~fpnlink.shared.model.front.load_front_half`, or an ONNX Runtime one
+            from :func:`~fpnlink.edge.backends.load_onnx_front`), or whole detectors; the backbone must serve
+            every task in ``tasks``.
         codec: the feature codec frames are coded with.
         tasks: task names (``detect``, ``segment``, ``keypoints``) the frames ask the cloud for.
         stream_id: stamped on every frame (at most 256 characters).
@@ -69,18 +72,22 @@ class EdgeAgent:
         ValueError: ``stream_id`` is too long.
     """
 
-    def __init__(self, bundle: ModelBundle, codec: FeatureCodec, tasks: list[str], stream_id: str) -> None:
+    def __init__(self, bundle: FrontHalf | ModelBundle, codec: FeatureCodec, tasks: list[str], stream_id: str,
+                 ) -> None:
         if len(stream_id) > MAX_ID_LENGTH:
             raise ValueError(f"stream_id must be at most {MAX_ID_LENGTH} characters, got {len(stream_id)}")
         self.tasks = list(dict.fromkeys(tasks))
-        self.model_fingerprint = bundle.backbone_fingerprint_for(self.tasks)
-        codec.check_backbone({bundle.backbone_weight_fingerprints[bundle.archs_for(self.tasks)[0]]})
-        self.edge = bundle.edge_half(self.tasks).eval()
-        self.device = next(self.edge.parameters()).device
+        front = FrontHalf.from_bundle(bundle, self.tasks) if isinstance(bundle, ModelBundle) else bundle
+        front.check_tasks(self.tasks)
+        self.model_fingerprint = front.backbone_fingerprint
+        codec.check_backbone({front.backbone_weight_fingerprint})
+        self.edge = front.edge
+        params = next(self.edge.parameters(), None) if isinstance(self.edge, torch.nn.Module) else None
+        self.device = torch.device("cpu") if params is None else params.device
         self.codec = codec
         self.stream_id = stream_id
-        self.weights = bundle.weights
-        self.trained = bundle.trained
+        self.weights = front.weights
+        self.trained = front.trained
 
     def encode(
         self,

@@ -33,7 +33,9 @@ from ..shared.identity import STREAM_SEPARATOR, certificate_identity
 from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
 from ..shared.wire import pb
+from ..shared.model.front import FrontHalf, load_front_half
 from .agent import EdgeAgent, EncodedFrame
+from .backends import BACKENDS, export_onnx, load_onnx_front
 from .client import Client, LinkError, check_compatible
 from .results import ResultLog
 from .settings import EdgeSettings
@@ -102,8 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "common name is the device identity)")
     run.add_argument("--tls-key", type=Path, help="the client certificate's PEM key")
     run.add_argument("--token", help="bearer token with scope ingest (FPNLINK_EDGE_TOKEN keeps it out of ps)")
+    run.add_argument("--backend", choices=BACKENDS, help="front-half backend (default torch)")
+    run.add_argument("--onnx", type=Path, help="ONNX model from `fpnlink-edge export` (--backend onnxruntime; "
+                                               "exported into the spool's folder when omitted)")
     run.set_defaults(func=run_command)
+    export = commands.add_parser("export", help="write the front half (ResNet50 + FPN) as ONNX",
+                                 description="The graph takes [1, 3, H, W] normalised, padded images (any H, W); "
+                                             "the resize stays in Python. Its metadata keeps the backbone "
+                                             "fingerprint, so both backends make frames the same cloud accepts.")
+    export.add_argument("--weights", default="random:0", help="random:SEED, coco, synthetic or a checkpoint path")
+    export.add_argument("--tasks", default="detect", help="tasks whose backbone to export (default detect)")
+    export.add_argument("--min-size", type=int, default=800, help="network-input shorter side (the cloud's)")
+    export.add_argument("--max-size", type=int, default=1333, help="network-input longer-side cap (the cloud's)")
+    export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    export.set_defaults(func=export_command)
     return parser
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """``fpnlink-edge export``: the front half as ONNX."""
+    try:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        archs = tuple(dict.fromkeys(TASK_ARCH[t] for t in tasks))
+        front = load_front_half(args.weights, ModelConfig(min_size=args.min_size, max_size=args.max_size), archs)
+        path = export_onnx(front, args.out)
+    except KeyError as exc:
+        return _usage_error(f"--tasks: unknown task {exc}; choose from {','.join(TASKS)}")
+    except (ValueError, WeightsError) as exc:
+        return _usage_error(str(exc))
+    print(f"{PROG}: wrote {path} ({path.stat().st_size:,} bytes; backbone {front.backbone_fingerprint}, "
+          f"weights {args.weights}, input {args.min_size}/{args.max_size})")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,17 +223,21 @@ def run_command(args: argparse.Namespace) -> int:
         except FingerprintMismatchError as exc:
             return _failure(f"edge and cloud do not match: {exc}")
         archs = tuple(dict.fromkeys(TASK_ARCH[t] for t in settings.tasks))
+        heads = settings.budget is not None and settings.mfip == "full"  # full MFIP runs the heads at the edge
         try:
-            bundle = load_bundle(settings.weights, config, archs=archs)
+            bundle = load_bundle(settings.weights, config, archs=archs) if heads else None
+            front = _front_half(settings, config, archs, bundle, spool)
         except WeightsError as exc:
-            return _usage_error(f"--weights: {exc}")
-        if not bundle.trained:
+            return _usage_error(f"--weights/--onnx: {exc}")
+        except FingerprintMismatchError as exc:
+            return _failure(f"edge and cloud do not match: {exc}")
+        if not front.trained:
             _untrained_notice(f"the edge runs --weights {settings.weights}")
         elif not caps.trained:
             _untrained_notice(f"the cloud at {settings.server} runs {caps.weights}")
         stream_id = _stream_id(spool, settings.stream_id, device)
         try:
-            agent = EdgeAgent(bundle, codec, settings.tasks, stream_id)
+            agent = EdgeAgent(front, codec, settings.tasks, stream_id)
             check_compatible(caps, tasks=agent.tasks, model_fingerprint=agent.model_fingerprint,
                              codec=agent.codec.name, codec_fingerprint=agent.codec.fingerprint)
         except (FingerprintMismatchError, UnsupportedError) as exc:
@@ -234,7 +269,30 @@ def run_command(args: argparse.Namespace) -> int:
             results.close()
 
 
-def _budgeted_coder(settings: EdgeSettings, bundle: ModelBundle, agent: EdgeAgent) -> BudgetedCoder:
+def _front_half(settings: EdgeSettings, config: ModelConfig, archs: tuple[str, ...], bundle: ModelBundle | None,
+                spool: Spool) -> FrontHalf:
+    """The front half on the chosen backend; only the backbone is loaded unless ``bundle`` is given."""
+    if settings.backend == "onnxruntime" and settings.onnx is not None:
+        front = load_onnx_front(settings.onnx, threads=settings.threads or 0)
+        if (front.config.min_size, front.config.max_size) != (config.min_size, config.max_size):
+            raise FingerprintMismatchError(
+                f"{settings.onnx} was exported for input {front.config.min_size}/{front.config.max_size}, the "
+                f"cloud resizes to {config.min_size}/{config.max_size}; export it again with those sizes")
+        return front
+    if bundle is not None:
+        front = FrontHalf.from_bundle(bundle, settings.tasks)
+    else:
+        front = load_front_half(settings.weights, config, archs)
+    if settings.backend == "torch":
+        return front
+    path = spool.path.parent / "onnx" / f"{front.backbone_fingerprint}.onnx"
+    if not path.is_file():
+        log.info("exporting the front half to %s (once per backbone and input size)", path)
+        export_onnx(front, path)
+    return load_onnx_front(path, threads=settings.threads or 0)
+
+
+def _budgeted_coder(settings: EdgeSettings, bundle: ModelBundle | None, agent: EdgeAgent) -> BudgetedCoder:
     """MFIBA rate control for ``--budget``: profile (checked against codec and backbone), MFIP mode, controller."""
     assert settings.budget is not None and settings.profile is not None
     profile = load_profile(settings.profile)

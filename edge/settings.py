@@ -7,7 +7,7 @@ plain values down.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -51,6 +51,8 @@ class EdgeSettings(BaseSettings):
         live_window_s: frames spooled this recently go out before the backlog.
         window: frames in flight on the link; frame_timeout_s: per-frame deadline before reconnecting.
         max_backoff_s: longest wait between reconnect attempts (exponential, full jitter).
+        backend: the front half on ``torch`` or ``onnxruntime``; onnx: the exported model for the latter
+            (exported next to the spool when unset).
         tls_ca: PEM CA that signed the cloud's certificate; TLS when set.
         tls_cert, tls_key: this device's PEM client certificate and key (mutual TLS); the certificate's
             common name is the device identity, and the default stream id starts with it.
@@ -87,6 +89,8 @@ class EdgeSettings(BaseSettings):
     window: int = Field(4, ge=1, le=64)
     frame_timeout_s: float = Field(60.0, gt=0)
     max_backoff_s: float = Field(5.0, gt=0)
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    onnx: Path | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -150,6 +154,8 @@ class EdgeSettings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} is not a file")
+        if self.onnx is not None and self.backend != "onnxruntime":
+            raise ValueError("onnx is the model of --backend onnxruntime; give that backend or drop onnx")
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise ValueError(f"min_size {self.min_size} exceeds max_size {self.max_size}")
         return self
