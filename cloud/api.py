@@ -1,4 +1,4 @@
-"""The REST side: a FastAPI app over the same :class:`CloudService` (engine, thread pool, metrics) as gRPC.
+"""The REST side: a FastAPI app over the same :class:`~.backend.CloudBackend` (engine, thread pool, metrics) as gRPC.
 
 =========================  ============================================================================
 route                      what
@@ -43,7 +43,7 @@ from .errors import map_error
 from .schemas import ErrorBody, ErrorResponse, ResultModel
 
 if TYPE_CHECKING:
-    from .service import CloudService
+    from .backend import CloudBackend
 
 TRANSPORT = "rest"
 FRAME_CONTENT_TYPES = ("application/x-protobuf", "application/protobuf", "application/octet-stream")
@@ -147,7 +147,7 @@ def parse_tasks(text: str) -> list[str]:
     return tasks
 
 
-def requires(service: CloudService, *scopes: str) -> DependsParam:
+def requires(service: CloudBackend, *scopes: str) -> DependsParam:
     """A route dependency: the caller's token must hold one of ``scopes`` (401/403 otherwise)."""
     return Depends(rest_dependency(service.authenticator, scopes, service.metrics.record_auth_failure))
 
@@ -155,7 +155,7 @@ def requires(service: CloudService, *scopes: str) -> DependsParam:
 # ------------------------------------------------------------------------------------------------- app
 
 
-def create_app(service: CloudService) -> FastAPI:
+def create_app(service: CloudBackend) -> FastAPI:
     """The REST app over ``service``; builds nothing heavy (readiness follows the service's setup)."""
     settings = service.settings
     app = FastAPIOffline(

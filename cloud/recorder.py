@@ -29,7 +29,7 @@ from .store.records import MAX_STORED_FRAME_ID, check_storable
 
 if TYPE_CHECKING:
     from .metrics import CloudMetrics
-    from .service import FrameOutcome
+    from .backend import FrameOutcome
     from .settings import CloudSettings
 
 logger = logging.getLogger(__name__)

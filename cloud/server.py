@@ -30,7 +30,7 @@ from .errors import map_error
 from .pipeline import as_completed_map
 
 if TYPE_CHECKING:
-    from .service import CloudService, FrameOutcome
+    from .backend import CloudBackend, FrameOutcome
     from .settings import CloudSettings
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ def _raw(data: bytes) -> bytes:
 
 
 class FeatureLinkServicer:
-    """``fpnlink.v1.FeatureLink`` over a :class:`CloudService`; registered by :func:`add_feature_link`."""
+    """``fpnlink.v1.FeatureLink`` over a :class:`~.backend.CloudBackend`; registered by :func:`add_feature_link`."""
 
-    def __init__(self, service: CloudService) -> None:
+    def __init__(self, service: CloudBackend) -> None:
         self.service = service
 
     async def Analyze(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Result:
@@ -103,7 +103,7 @@ def add_feature_link(servicer: FeatureLinkServicer, server: grpc.aio.Server) -> 
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
+def build_grpc_server(service: CloudBackend, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
     """A bound (not yet started) ``grpc.aio`` server with FeatureLink, health and reflection.
 
     With ``service.tls`` it listens with TLS (mutual when a client CA is set); with tokens enabled a
@@ -138,7 +138,7 @@ def build_grpc_server(service: CloudService, settings: CloudSettings) -> tuple[g
     return server, port
 
 
-def build_health_server(service: CloudService, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
+def build_health_server(service: CloudBackend, settings: CloudSettings) -> tuple[grpc.aio.Server, int]:
     """A plaintext gRPC server with only ``grpc.health.v1`` on ``settings.health_port``.
 
     For the kubelet's gRPC probes, which cannot do TLS: no frames, no tokens, nothing but serving status.

@@ -28,7 +28,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -41,6 +40,7 @@ from fpnlink.shared.model import ModelBundle, load_bundle
 from fpnlink.shared.wire import pb
 
 from .api import create_app
+from .backend import FrameOutcome
 from .auth import Authenticator, check_stream_owner
 from .batcher import Batcher
 from .engine import CloudEngine, PreparedFrame, build_codec, decode_frame, frame_digest
@@ -63,27 +63,6 @@ UNTRAINED_BANNER = "!" * 100
 def load_settings_bundle(settings: CloudSettings) -> ModelBundle:
     """The default loader: ``settings.weights`` with the settings' model config."""
     return load_bundle(settings.weights, settings.network_config())
-
-
-@dataclass
-class FrameOutcome:
-    """What became of one received frame.
-
-    Attributes:
-        frame: the parsed frame, None when the bytes did not parse.
-        result: the Result, None on failure.
-        error: the failure, None on success.
-        frame_bytes: size of the received message.
-        device_id: the sender's mutual-TLS identity (certificate common name), None without one.
-        from_store: the result was answered from the results store (a resend; the heads did not run).
-    """
-
-    frame: pb.FeatureFrame | None
-    result: pb.Result | None
-    error: Exception | None
-    frame_bytes: int
-    device_id: str | None = None
-    from_store: bool = False
 
 
 class CloudService:

@@ -43,3 +43,9 @@ def test_layering(package):
 def test_relative_imports_are_resolved(tmp_path):
     module = REPO / "shared" / "wire" / "convert.py"
     assert "fpnlink.shared.codec.base" in _imports(module)
+
+
+@pytest.mark.parametrize("transport", ["server.py", "api.py", "analytics.py", "recorder.py"])
+def test_cloud_transports_do_not_import_the_service(transport):
+    """service -> transports -> backend protocol, one way (TYPE_CHECKING imports included)."""
+    assert "fpnlink.cloud.service" not in _imports(REPO / "cloud" / transport)
