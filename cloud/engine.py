@@ -159,7 +159,7 @@ class CloudEngine:
 
     Attributes:
         shared_heads: True when some architectures share backbone, RPN and box head, so that a frame asking
-            for several of their tasks runs one shared pass (not in Capabilities: the proto has no field).
+            for several of their tasks runs one shared pass (``ModelInfo.shares_heads_with`` in capabilities).
         shared_groups: the groups of such architectures (each of two or more, in bundle order).
     """
 
@@ -213,7 +213,9 @@ class CloudEngine:
                 pb.ModelInfo(arch=arch, task=TASK_TO_PB[arch_task[arch]],
                              backbone_fingerprint=bundle.backbone_fingerprints[arch],
                              head_fingerprint=bundle.head_fingerprints[arch],
-                             categories=bundle.categories[arch])
+                             categories=bundle.categories[arch],
+                             shares_heads_with=[other for group in self.shared_groups if arch in group
+                                                for other in group if other != arch])
                 for arch in bundle.models
             ],
             codecs=[

@@ -210,10 +210,14 @@ def _per_arch_results(bundle: ModelBundle, edge: EdgeOutput, tasks: tuple[str, .
 class TestSharedPass:
     def test_random_weights_keep_separate_halves(self, engine):
         assert engine.shared_heads is False and engine.shared_groups == []
+        assert all(not model.shares_heads_with for model in engine.capabilities().models)
 
     def test_three_tasks_run_one_pass_with_the_per_arch_results(self, synthetic_bundle, synthetic_edge):
         engine = CloudEngine(synthetic_bundle, {"raw": make_codec("raw")})
         assert engine.shared_heads and engine.shared_groups == [("faster", "mask", "keypoint")]
+        sharing = {model.arch: list(model.shares_heads_with) for model in engine.capabilities().models}
+        assert sharing == {"faster": ["mask", "keypoint"], "mask": ["faster", "keypoint"],
+                           "keypoint": ["faster", "mask"]}
         engine._clouds = {arch: _Counting(half) for arch, half in engine._clouds.items()}
         engine._shared = {key: _Counting(half) for key, half in engine._shared.items()}
         tasks = ("detect", "segment", "keypoints")

@@ -140,18 +140,20 @@ class CapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("arch", "task", "backbone_fingerprint", "head_fingerprint", "categories")
+    __slots__ = ("arch", "task", "backbone_fingerprint", "head_fingerprint", "categories", "shares_heads_with")
     ARCH_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     HEAD_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    SHARES_HEADS_WITH_FIELD_NUMBER: _ClassVar[int]
     arch: str
     task: Task
     backbone_fingerprint: str
     head_fingerprint: str
     categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, arch: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., backbone_fingerprint: _Optional[str] = ..., head_fingerprint: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    shares_heads_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, arch: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., backbone_fingerprint: _Optional[str] = ..., head_fingerprint: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., shares_heads_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CodecInfo(_message.Message):
     __slots__ = ("name", "fingerprint", "lossless", "phi_min", "phi_max")
