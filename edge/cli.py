@@ -31,12 +31,15 @@ from ..shared.codec import available_codecs
 from ..shared.errors import ConfigError, FingerprintMismatchError, UnsupportedError, WeightsError
 from ..shared.identity import STREAM_SEPARATOR, certificate_identity
 from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
+from ..shared.mfiba.allocate import Budget
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
 from ..shared.wire import pb
 from ..shared.model.front import FrontHalf, load_front_half
 from .agent import EdgeAgent, EncodedFrame
 from .backends import BACKENDS, export_onnx, load_onnx_front
 from .client import Client, LinkError, check_compatible
+from .metrics import serve_metrics
+from .rate import LinkBudget, LinkRate, parse_max_kbps
 from .results import ResultLog
 from .settings import EdgeSettings
 from .sources import Source, SourceError, SourceFrame, open_source
@@ -104,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "common name is the device identity)")
     run.add_argument("--tls-key", type=Path, help="the client certificate's PEM key")
     run.add_argument("--token", help="bearer token with scope ingest (FPNLINK_EDGE_TOKEN keeps it out of ps)")
+    run.add_argument("--max-kbps", help="link-adaptive rate instead of --budget: KBPS, auto (follow the link) or "
+                                        "auto:KBPS (follow it, at most KBPS); needs --profile")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)")
     run.add_argument("--backend", choices=BACKENDS, help="front-half backend (default torch)")
     run.add_argument("--onnx", type=Path, help="ONNX model from `fpnlink-edge export` (--backend onnxruntime; "
                                                "exported into the spool's folder when omitted)")
@@ -223,7 +229,7 @@ def run_command(args: argparse.Namespace) -> int:
         except FingerprintMismatchError as exc:
             return _failure(f"edge and cloud do not match: {exc}")
         archs = tuple(dict.fromkeys(TASK_ARCH[t] for t in settings.tasks))
-        heads = settings.budget is not None and settings.mfip == "full"  # full MFIP runs the heads at the edge
+        heads = (settings.budget or settings.max_kbps) is not None and settings.mfip == "full"  # full MFIP runs the heads at the edge
         try:
             bundle = load_bundle(settings.weights, config, archs=archs) if heads else None
             front = _front_half(settings, config, archs, bundle, spool)
@@ -244,7 +250,7 @@ def run_command(args: argparse.Namespace) -> int:
             return _failure(f"edge and cloud do not match: {exc} (edge weights {settings.weights!r})")
 
         rate_control = None
-        if settings.budget is not None:
+        if settings.budget is not None or settings.max_kbps is not None:
             try:
                 rate_control = _budgeted_coder(settings, bundle, agent)
             except FingerprintMismatchError as exc:
@@ -252,7 +258,8 @@ def run_command(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 return _usage_error(f"--profile/--mfip: {exc}")
         phi = None if settings.phi is None else {name: settings.phi for name in TRANSMITTED_SCALES}
-        rate = "" if rate_control is None else f", budget {settings.budget} (MFIP {settings.mfip})"
+        budget_text = settings.budget or f"{settings.max_kbps} kbps, link-adaptive"
+        rate = "" if rate_control is None else f", budget {budget_text} (MFIP {settings.mfip})"
         if source.replayable:
             source.start = spool.cursor(source.identity)
         resume = source.start > 0 or spool.depth()[0] > 0
@@ -293,13 +300,15 @@ def _front_half(settings: EdgeSettings, config: ModelConfig, archs: tuple[str, .
 
 
 def _budgeted_coder(settings: EdgeSettings, bundle: ModelBundle | None, agent: EdgeAgent) -> BudgetedCoder:
-    """MFIBA rate control for ``--budget``: profile (checked against codec and backbone), MFIP mode, controller."""
-    assert settings.budget is not None and settings.profile is not None
+    """MFIBA rate control for ``--budget`` or ``--max-kbps``: profile (checked against codec and backbone), MFIP
+    mode, controller; under ``--max-kbps`` the budget is set before every frame (:class:`LinkBudget`)."""
+    assert settings.profile is not None
     profile = load_profile(settings.profile)
     profile.check_compatible(agent.codec, agent.model_fingerprint)
     importance = make_importance(settings.mfip, bundle=bundle, codec=agent.codec, tasks=agent.tasks,
                                  predictor=profile.fast_predictor)
-    return BudgetedCoder(RateController(agent.codec, profile), importance, parse_budget(settings.budget))
+    budget = parse_budget(settings.budget) if settings.budget is not None else Budget("bits", 1.0, None, "link")
+    return BudgetedCoder(RateController(agent.codec, profile), importance, budget)
 
 
 def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:
@@ -339,9 +348,20 @@ def _stream(settings: EdgeSettings, client: Client, agent: EdgeAgent, source: So
     def on_encoded(_: SourceFrame, encoded: EncodedFrame) -> dict[str, Any]:
         return {} if rate_control is None else {"rate": _rate_record(rate_control, encoded)}
 
+    budget_hook = None
+    if settings.max_kbps is not None and rate_control is not None:
+        cap, auto = parse_max_kbps(settings.max_kbps)
+        budget_hook = LinkBudget(rate_control, LinkRate(cap, auto), settings.fps)
     loop = StreamLoop(agent, source, spool, client, results, phi=phi, rate_control=rate_control,
                       on_encoded=on_encoded, on_row=lambda row: tqdm.write(_frame_line(row)), window=settings.window,
-                      frame_timeout_s=settings.frame_timeout_s, max_backoff_s=settings.max_backoff_s)
+                      frame_timeout_s=settings.frame_timeout_s, max_backoff_s=settings.max_backoff_s,
+                      budget_hook=budget_hook)
+    if settings.metrics_port is not None:
+        try:
+            port = serve_metrics(loop, settings.metrics_port)
+        except OSError as exc:
+            return _failure(f"cannot serve metrics on port {settings.metrics_port}: {exc}")
+        print(f"{PROG}: Prometheus metrics on :{port}/metrics")
     try:
         with logging_redirect_tqdm():
             counts = loop.run()

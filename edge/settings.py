@@ -18,6 +18,7 @@ from ..shared.mfiba import parse_budget, parse_mfip_mode
 from ..shared.model import TASKS
 from ..shared.wire.convert import MAX_ID_LENGTH
 from .client import DEFAULT_MAX_FRAME_BYTES
+from .rate import parse_max_kbps
 from .spool import DEFAULT_LIVE_WINDOW_S, DEFAULT_QUOTA_BYTES, DEFAULT_TTL_S, FullPolicy
 
 
@@ -53,6 +54,9 @@ class EdgeSettings(BaseSettings):
         max_backoff_s: longest wait between reconnect attempts (exponential, full jitter).
         backend: the front half on ``torch`` or ``onnxruntime``; onnx: the exported model for the latter
             (exported next to the spool when unset).
+        max_kbps: link-adaptive rate: ``R`` (kbps), ``auto`` or ``auto:R``; MFIBA's per-frame budget becomes the
+            rate over the source's frame rate (needs ``profile``; excludes ``budget`` and ``phi``).
+        metrics_port: serve Prometheus metrics on this port (0: any free one).
         tls_ca: PEM CA that signed the cloud's certificate; TLS when set.
         tls_cert, tls_key: this device's PEM client certificate and key (mutual TLS); the certificate's
             common name is the device identity, and the default stream id starts with it.
@@ -90,6 +94,8 @@ class EdgeSettings(BaseSettings):
     frame_timeout_s: float = Field(60.0, gt=0)
     max_backoff_s: float = Field(5.0, gt=0)
     backend: Literal["torch", "onnxruntime"] = "torch"
+    max_kbps: str | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     onnx: Path | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -144,6 +150,12 @@ class EdgeSettings(BaseSettings):
                 raise ValueError(str(exc)) from exc
         if self.budget is not None and self.phi is not None:
             raise ValueError("give either phi (fixed rate) or budget (MFIBA rate control), not both")
+        if self.max_kbps is not None:
+            parse_max_kbps(self.max_kbps)
+            if self.budget is not None or self.phi is not None:
+                raise ValueError("max_kbps sets the budget itself: drop budget and phi")
+            if self.profile is None:
+                raise ValueError("max_kbps needs an MFIBA profile (--profile, from `fpnlink mfiba calibrate`)")
         if self.budget is not None and self.profile is None:
             raise ValueError("a budget needs an MFIBA profile (--profile, from `fpnlink mfiba calibrate`)")
         if (self.tls_cert is None) != (self.tls_key is None):

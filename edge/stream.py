@@ -91,14 +91,15 @@ class StreamLoop:
         on_row: called with every line written.
         window, frame_timeout_s, backoff_s, max_backoff_s: see :class:`~fpnlink.edge.forward.Forwarder`.
         progress: show a progress bar (frames, fps, link kbps, spool depth).
-        budget_hook: called before each frame with the forwarder (link-adaptive rate).
+        budget_hook: called before each frame with the link's kbps, the spooled frames and the frames encoded
+            per second so far (link-adaptive rate, :class:`~fpnlink.edge.rate.LinkBudget`).
     """
 
     def __init__(self, agent: EdgeAgent, source: Source, spool: Spool, client: Client, results: ResultLog, *,
                  phi: dict[str, float] | None = None, rate_control: RateControl | None = None,
                  on_encoded: EncodeHook | None = None, on_row: RowHook | None = None, window: int = 4,
                  frame_timeout_s: float = 60.0, backoff_s: float = 0.2, max_backoff_s: float = 5.0,
-                 progress: bool = True, budget_hook: Callable[[Forwarder], None] | None = None) -> None:
+                 progress: bool = True, budget_hook: Callable[[float, int, float], None] | None = None) -> None:
         self.agent, self.source, self.spool, self.results = agent, source, spool, results
         self.phi, self.rate_control, self.on_encoded, self.on_row = phi, rate_control, on_encoded, on_row
         self.budget_hook = budget_hook
@@ -108,6 +109,7 @@ class StreamLoop:
         self.progress = progress
         self._bar: tqdm | None = None
         self._last_size = 0
+        self.last_phi: dict[str, float] = {}
         self._started = time.monotonic()
 
     # -- results ------------------------------------------------------------------------------------
@@ -138,11 +140,14 @@ class StreamLoop:
             log.warning("frame %d (%s) dropped: %s", item.frame_id, item.record.get("image"), reason)
             self._write(dropped_row(item, reason))
 
+    def fps(self) -> float:
+        """Frames encoded per second since the run started."""
+        return self.counts.encoded / max(time.monotonic() - self._started, 1e-6)
+
     def status(self) -> str:
         """``fps``, link ``kbps`` and spool depth, as the progress bar shows them."""
         frames, size = self.spool.depth()
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        return (f"{self.counts.encoded / elapsed:.1f} fps, link {self.forwarder.link_kbps:,.0f} kbps, "
+        return (f"{self.fps():.1f} fps, link {self.forwarder.link_kbps:,.0f} kbps, "
                 f"spool {frames} frame(s) / {size / 1e6:.1f} MB")
 
     # -- the run ------------------------------------------------------------------------------------
@@ -170,7 +175,7 @@ class StreamLoop:
                 if self.source.replayable:
                     self._wait_for_room()
                 if self.budget_hook is not None:
-                    self.budget_hook(self.forwarder)
+                    self.budget_hook(self.forwarder.link_kbps, self.spool.depth()[0], self.fps())
                 frame_id = self.spool.next_frame_id()
                 try:
                     encoded = self.agent.encode(taken.image, frame_id, self.phi, capture_time_us=taken.capture_time_us,
@@ -187,6 +192,7 @@ class StreamLoop:
                 cursor = (self.source.identity, taken.index + 1) if self.source.replayable else None
                 data = encoded.frame.SerializeToString()
                 self._last_size = len(data)
+                self.last_phi = {scale.name: scale.phi for scale in encoded.frame.scales}
                 dropped = self.spool.put(frame_id, self.agent.stream_id, data, record, cursor)
                 self.counts.encoded += 1
                 self._drop(dropped, f"spool full ({self.spool.quota_bytes:,} bytes, {self.spool.full_policy})")
