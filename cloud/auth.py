@@ -101,7 +101,7 @@ def check_stream_owner(device_id: str | None, stream_id: str) -> None:
     """Refuse a frame of a stream that the mutual-TLS device ``device_id`` does not own (no-op without one)."""
     if device_id is not None and not owns_stream(device_id, stream_id):
         raise PermissionDeniedError(f"device {device_id!r} may write only streams {device_id!r} and "
-                                    f"'{device_id}/...', not {stream_id!r}")
+                                    f"'{device_id}:...', not {stream_id!r}")
 
 
 def bearer_token(value: str | None) -> str | None:

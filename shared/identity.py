@@ -3,8 +3,8 @@
 Under mutual TLS the cloud knows each device by the CN of the certificate it presented. A device owns the
 stream named like itself and every stream under it::
 
-    device "cam-7" writes  "cam-7", "cam-7/front", "cam-7/2026-12-01"
-               and never   "cam-8", "cam-70", "cam-8/front"
+    device "cam-7" writes  "cam-7", "cam-7:front", "cam-7:2026-12-01"
+               and never   "cam-8", "cam-70", "cam-8:front"
 
 Both sides use this: the cloud refuses a frame whose stream the device does not own, the edge names its
 default stream after its certificate so that it is accepted.
@@ -17,11 +17,12 @@ from cryptography.x509.oid import NameOID
 
 from .errors import ConfigError
 
-STREAM_SEPARATOR = "/"
+STREAM_SEPARATOR = ":"
+"""Between the device and the rest of a stream id; URL-safe, so that REST paths can name the stream."""
 
 
 def owns_stream(device_id: str, stream_id: str) -> bool:
-    """Whether device ``device_id`` may write stream ``stream_id`` (itself, or ``device_id/...``)."""
+    """Whether device ``device_id`` may write stream ``stream_id`` (itself, or ``device_id:...``)."""
     return bool(device_id) and (stream_id == device_id or stream_id.startswith(device_id + STREAM_SEPARATOR))
 
 

@@ -39,9 +39,10 @@ def tokens(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundle, pki, tokens):
+def server(tiny_bundle, pki, tokens, tmp_path_factory):
     settings = loopback_settings(tls_cert=pki["server"].cert, tls_key=pki["server"].key, tls_client_ca=pki["ca"],
-                                 token_file=tokens[0], health_port=0)
+                                 token_file=tokens[0], health_port=0, store=True,
+                                 database_path=tmp_path_factory.mktemp("auth-store") / "cloud.db")
     with CloudService(settings, bundle_loader=lambda _: tiny_bundle).run_in_background() as handle:
         yield handle
 
@@ -87,6 +88,13 @@ class TestRest:
         reply = http.post("/v1/frames", content=frame.SerializeToString(), headers=PROTOBUF | _bearer(tokens[1][scope]))
         assert reply.status_code == 200, reply.text
         assert reply.json()["frame_id"] == 3
+
+    def test_analytics_need_read(self, http, tokens):
+        assert http.get("/v1/streams").status_code == 401
+        assert http.get("/v1/streams", headers=_bearer(tokens[1]["ingest"])).status_code == 403
+        reply = http.get("/v1/streams", headers=_bearer(tokens[1]["read"]))
+        assert reply.status_code == 200, reply.text
+        assert DEVICE in {item["stream_id"] for item in reply.json()["items"]}
 
     def test_read_scope_reads_capabilities(self, http, tokens):
         reply = http.get("/v1/capabilities", headers=_bearer(tokens[1]["read"]))
@@ -154,10 +162,17 @@ class TestMutualTls:
         device = pki["device"]
         with Client(f"localhost:{server.grpc_port}", tls_ca=pki["ca"], tls_cert=device.cert, tls_key=device.key,
                     token=tokens[1]["ingest"]) as client:
-            frames = [make_frame(edge_output, i, stream_id=f"{DEVICE}/front") for i in (20, 21)]
+            frames = [make_frame(edge_output, i, stream_id=f"{DEVICE}:front") for i in (20, 21)]
             results = list(client.stream(frames, ordered=True))
         assert [r.frame_id for r in results] == [20, 21]
         assert all(not r.HasField("error") for r in results)
+
+    def test_the_device_identity_is_stored_with_the_frame(self, http, tokens):
+        reply = http.get(f"/v1/streams/{DEVICE}:front/frames/20", headers=_bearer(tokens[1]["read"]))
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["device_id"] == DEVICE
+        rest = http.get(f"/v1/streams/{DEVICE}/frames/3", headers=_bearer(tokens[1]["read"]))
+        assert rest.status_code == 200 and rest.json().get("device_id") is None  # REST carries no certificate
 
     def test_another_devices_stream_is_refused(self, server, pki, tokens, edge_output):
         metadata = tuple(_bearer(tokens[1]["ingest"]).items())
@@ -167,7 +182,7 @@ class TestMutualTls:
                 stub.Analyze(make_frame(edge_output, 30, stream_id="cam-70"), metadata=metadata, timeout=30)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "cam-7" in caught.value.details()
-            mixed = [make_frame(edge_output, 31, stream_id="cam-8/front"), make_frame(edge_output, 32, stream_id=DEVICE)]
+            mixed = [make_frame(edge_output, 31, stream_id="cam-8:front"), make_frame(edge_output, 32, stream_id=DEVICE)]
             results = list(stub.Stream(iter(mixed), metadata=metadata, timeout=30))
         assert results[0].error.code == "PERMISSION_DENIED"
         assert results[1].frame_id == 32 and not results[1].HasField("error")

@@ -99,8 +99,10 @@ class TestAuthenticator:
 
 
 class TestIdentity:
-    @pytest.mark.parametrize("stream, owned", [("cam-7", True), ("cam-7/front", True), ("cam-70", False),
-                                               ("cam-8/cam-7", False), ("", False)])
+    @pytest.mark.parametrize("stream, owned", [
+        ("cam-7", True), ("cam-7:front", True), ("cam-7/front", False), ("cam-70", False), ("cam-8:cam-7", False),
+        ("", False),
+    ])
     def test_owns_stream(self, stream, owned):
         assert owns_stream("cam-7", stream) is owned
 

@@ -65,4 +65,4 @@ def test_run_against_a_mutual_tls_cloud(tiny_bundle, pki, image_dir, tmp_path, m
     assert code == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 and all("error" not in r for r in records)
-    assert all(r["stream_id"].startswith(f"{DEVICE}/") for r in records)
+    assert all(r["stream_id"].startswith(f"{DEVICE}:") for r in records)
