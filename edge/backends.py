@@ -78,6 +78,39 @@ def export_onnx(front: FrontHalf, path: str | Path, sample_size: tuple[int, int]
     return path
 
 
+def quantize_int8(path: str | Path, out: str | Path, calibration: list[Tensor]) -> Path:
+    """An int8 copy of an exported front half (static QDQ: int8 weights per channel, uint8 activations).
+
+    Args:
+        path: a file from :func:`export_onnx`.
+        out: where the int8 model goes (the fingerprints metadata is carried over: same weights, fewer bits).
+        calibration: transformed [1, 3, H, W] inputs whose activation ranges fix the quantisation.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"images": x.numpy()} for x in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    out = Path(out)
+    prepared = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(path), str(prepared))
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    prepared.unlink()
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    meta = dict(onnx_metadata(path), precision="int8")
+    model.metadata_props.add(key=META_KEY, value=json.dumps(meta))
+    onnx.save(model, str(out))
+    return out
+
+
 def choose_providers(available: list[str] | None = None) -> list[str]:
     """The installed execution providers in preference order: TensorRT, CUDA, CPU."""
     import onnxruntime as ort

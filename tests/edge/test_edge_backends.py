@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fpnlink.edge.agent import EdgeAgent
-from fpnlink.edge.backends import choose_providers, export_onnx, load_onnx_front, onnx_metadata
+from fpnlink.edge.backends import choose_providers, export_onnx, load_onnx_front, onnx_metadata, quantize_int8
 from fpnlink.edge.cli import main
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.errors import UnsupportedError, WeightsError
@@ -81,6 +81,17 @@ class TestOnnxRuntime:
                   for f in (front, ort_front)]
         assert frames[0].frame.model_fingerprint == frames[1].frame.model_fingerprint
         assert frames[0].frame.input_size == frames[1].frame.input_size
+
+    def test_int8_copy_keeps_the_fingerprints(self, front, onnx_path, tiny_image, tmp_path):
+        calibration = [front.edge.transform([tiny_image])[0].tensors]
+        int8 = load_onnx_front(quantize_int8(onnx_path, tmp_path / "int8.onnx", calibration))
+        assert int8.backbone_fingerprint == front.backbone_fingerprint
+        assert onnx_metadata(tmp_path / "int8.onnx")["precision"] == "int8"
+        with torch.no_grad():
+            reference, _, _ = front.edge([tiny_image])
+        features, _, _ = int8.edge([tiny_image])
+        errors = [float((features[k] - v).abs().max() / v.abs().max()) for k, v in reference.items()]
+        assert 0 < max(errors) < 0.5  # quantised (not bit-equal), yet the same maps
 
     def test_metadata(self, onnx_path, front):
         meta = onnx_metadata(onnx_path)

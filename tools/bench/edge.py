@@ -10,6 +10,11 @@ One run measures, at 800x1216 (torchvision's default resize keeps it):
   edge loaded before (``--tasks``' architectures) and all three detectors, then codes one frame;
 - with ``--data``: box AP on ``--ap-images`` val images through the whole path (edge agent, loopback gRPC,
   an in-process cloud) with each backend.
+
+Each ONNX Runtime measurement is also made for an int8 copy (static QDQ quantisation calibrated on
+``--calib-scenes`` synthetic scenes, :func:`~fpnlink.edge.backends.quantize_int8`): its speed, its feature
+error against torch and its box AP are its accuracy cost. fp16 is not measured: the CPU execution provider
+has no fast fp16 convolutions.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from fpnlink.cloud.service import CloudService
 from fpnlink.cloud.settings import CloudSettings
 from fpnlink.edge import Client, EdgeAgent
-from fpnlink.edge.backends import choose_providers, export_onnx, load_onnx_front
+from fpnlink.edge.backends import choose_providers, export_onnx, load_onnx_front, quantize_int8
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.model import TASK_ARCH, ModelConfig, load_bundle
 from fpnlink.shared.model.front import FrontHalf, load_front_half
@@ -54,6 +59,12 @@ tasks = {"faster": "detect", "mask": "segment", "keypoint": "keypoints"}
 EdgeAgent(model, make_codec("quant"), [tasks[archs[0]]], "rss").encode(scene(h, w), 1)
 print(before, loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+
+
+def _int8_front(front: FrontHalf, fp32: Path, size: tuple[int, int], scenes: int, threads: int) -> FrontHalf:
+    """An int8 ONNX Runtime front half calibrated on ``scenes`` synthetic scenes of ``size``."""
+    calibration = [front.edge.transform([scene(*size, seed=100 + i)])[0].tensors for i in range(scenes)]
+    return load_onnx_front(quantize_int8(fp32, fp32.with_name("int8.onnx"), calibration), threads=threads)
 
 
 def _backbone_ms(agent: EdgeAgent, image: torch.Tensor, repeats: int) -> tuple[list[float], list[float]]:
@@ -123,17 +134,22 @@ def _run(args: argparse.Namespace) -> int:
                               "repeats": args.repeats, "providers": choose_providers()}
     with tempfile.TemporaryDirectory() as tmp:
         torch_front = load_front_half(args.weights, config, archs)
-        ort_front = load_onnx_front(export_onnx(torch_front, Path(tmp) / "front.onnx"), threads=args.threads)
+        fp32 = export_onnx(torch_front, Path(tmp) / "front.onnx")
+        ort_front = load_onnx_front(fp32, threads=args.threads)
+        int8_front = _int8_front(torch_front, fp32, (height, width), args.calib_scenes, args.threads)
         codec = make_codec(args.codec)
         timings = {}
-        for backend, front in (("torch", torch_front), ("onnxruntime", ort_front)):
+        for backend, front in (("torch", torch_front), ("onnxruntime", ort_front), ("onnxruntime_int8", int8_front)):
             agent = EdgeAgent(front, codec, [args.tasks.split(",")[0]], "bench")
             backbone, encode = _backbone_ms(agent, image, args.repeats)
             timings[backend] = {"backbone_ms": median_ms(backbone), "encode_ms": median_ms(encode)}
         report["speed"] = {**timings, "codec": args.codec,
                            "torch_over_onnxruntime": round(timings["torch"]["backbone_ms"]
-                                                           / timings["onnxruntime"]["backbone_ms"], 3)}
+                                                           / timings["onnxruntime"]["backbone_ms"], 3),
+                           "torch_over_onnxruntime_int8": round(timings["torch"]["backbone_ms"]
+                                                                / timings["onnxruntime_int8"]["backbone_ms"], 3)}
         report["features"] = feature_difference(torch_front, ort_front, image)
+        report["features_int8"] = feature_difference(torch_front, int8_front, image)
         report["fingerprints_equal"] = torch_front.backbone_fingerprint == ort_front.backbone_fingerprint
     report["rss"] = {"front_half": peak_rss_mb(args.weights, "front", archs, FULL_SIZE),
                      "whole_detectors": peak_rss_mb(args.weights, "bundle", archs, FULL_SIZE),
@@ -145,8 +161,10 @@ def _run(args: argparse.Namespace) -> int:
         ap_config = ModelConfig(min_size=args.ap_size, max_size=args.ap_size)
         front = load_front_half(args.ap_weights, ap_config, ("faster",))
         with tempfile.TemporaryDirectory() as tmp:
-            fronts = {"torch": front,
-                      "onnxruntime": load_onnx_front(export_onnx(front, Path(tmp) / "ap.onnx"), threads=args.threads)}
+            fp32 = export_onnx(front, Path(tmp) / "ap.onnx")
+            fronts = {"torch": front, "onnxruntime": load_onnx_front(fp32, threads=args.threads),
+                      "onnxruntime_int8": _int8_front(front, fp32, (args.ap_size, args.ap_size), args.calib_scenes,
+                                                      args.threads)}
             report["box_ap"] = {"weights": args.ap_weights, "size": args.ap_size,
                                 **box_ap(args.ap_weights, fronts, args.data, args.ap_images, args.codec, args.phi)}
     write_json(args.json, report)
@@ -170,4 +188,5 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ap-images", type=int, default=100, help="val images of the AP runs")
     parser.add_argument("--ap-weights", default="synthetic", help="weights of the AP runs")
     parser.add_argument("--ap-size", type=int, default=256, help="network-input size of the AP runs")
+    parser.add_argument("--calib-scenes", type=int, default=4, help="synthetic scenes calibrating the int8 model")
     parser.set_defaults(func=_run)
