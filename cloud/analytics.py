@@ -49,6 +49,7 @@ BUCKET_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 ANALYTICS_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 422, 500, 503)
 }
+DATE_TIME = {"format": "date-time"}
 NO_STORE = "this cloud runs without a results store (store=false): /v1 analytics are off"
 Task = Literal["detect", "segment", "keypoints"]
 StreamId = Path(..., min_length=1, max_length=256, description="the edge's stream id", examples=["cam-1"])
@@ -174,9 +175,15 @@ def _datetime(us: int) -> datetime:
         return datetime.max.replace(tzinfo=UTC) if us > 0 else datetime.min.replace(tzinfo=UTC)
 
 
-def _microseconds(moment: datetime | None) -> int | None:
-    if moment is None:
+def _microseconds(text: str | None, name: str) -> int | None:
+    """Microseconds since the epoch of an ISO 8601 time (UTC without an offset); 400 for anything else."""
+    if text is None:
         return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{name} {text[:64]!r} is not an ISO 8601 time, e.g. 2026-12-01T13:00:00Z") \
+            from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - EPOCH) // timedelta(microseconds=1)
@@ -190,8 +197,8 @@ def parse_bucket(text: str) -> int:
     return int(match.group(1)) * BUCKET_UNITS[match.group(2)]
 
 
-def _window(since: datetime | None, until: datetime | None) -> TimeWindow:
-    return TimeWindow(_microseconds(since), _microseconds(until))
+def _window(since: str | None, until: str | None) -> TimeWindow:
+    return TimeWindow(_microseconds(since, "since"), _microseconds(until, "until"))
 
 
 def _record_model(record: FrameRecord) -> FrameDetailModel:
@@ -246,9 +253,10 @@ def create_analytics_router(recorder: FrameRecorder | None, *, route_class: type
         stream_id: str = StreamId,
         limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="frames per page"),
         cursor: str | None = Query(None, max_length=1024, description="next_cursor of the previous page"),
-        since: datetime | None = Query(None, description="capture time from (inclusive), ISO 8601",
-                                       examples=["2026-12-01T13:00:00Z"]),
-        until: datetime | None = Query(None, description="capture time until (exclusive), ISO 8601"),
+        since: str | None = Query(None, max_length=64, description="capture time from (inclusive), ISO 8601",
+                                  examples=["2026-12-01T13:00:00Z"], json_schema_extra=DATE_TIME),
+        until: str | None = Query(None, max_length=64, description="capture time until (exclusive), ISO 8601",
+                                  json_schema_extra=DATE_TIME),
         task: Task | None = Query(None, description="only frames with a detection of this task"),
         category: str | None = Query(None, max_length=128, description="only frames with a detection of this "
                                      "category", examples=["person"]),
@@ -269,8 +277,10 @@ def create_analytics_router(recorder: FrameRecorder | None, *, route_class: type
         stream_id: str = StreamId,
         bucket: str = Query("1m", max_length=16, description="bucket width, 1m .. 1d (s, m, h, d)",
                             examples=["15m"]),
-        since: datetime | None = Query(None, description="capture time from (inclusive), ISO 8601"),
-        until: datetime | None = Query(None, description="capture time until (exclusive), ISO 8601"),
+        since: str | None = Query(None, max_length=64, description="capture time from (inclusive), ISO 8601",
+                                  json_schema_extra=DATE_TIME),
+        until: str | None = Query(None, max_length=64, description="capture time until (exclusive), ISO 8601",
+                                  json_schema_extra=DATE_TIME),
         task: Task | None = Query(None, description="count only this task's detections"),
     ) -> AggregatesModel:
         """Per time bucket: frames, errors, detections per category, latency mean and p95, kbps, bytes."""

@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
@@ -121,9 +122,29 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=mapped.http_status, headers=headers)
 
 
+def validation_response(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's request validation errors in the app's one error body: 422 ``INVALID_ARGUMENT`` naming each
+    bad field, the shape the OpenAPI spec documents for 422."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors())
+    body = ErrorResponse(error=ErrorBody(code="INVALID_ARGUMENT", message=f"invalid request: {problems}"))
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
+HTTP_CODE_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                   413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
+
+
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTP error raised while FastAPI reads a request (e.g. a multipart body without a boundary) in the app's
+    one error body."""
+    code = HTTP_CODE_NAMES.get(exc.status_code, "UNKNOWN")
+    body = ErrorResponse(error=ErrorBody(code=code, message=str(exc.detail)))
+    return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+
+
 class _MappedErrorsRoute(APIRoute):
-    """Routes whose exceptions go through :func:`error_response`; FastAPI's own validation and HTTP errors
-    keep their default handling."""
+    """Routes whose exceptions go through :func:`error_response`; HTTP errors of request parsing through
+    :func:`http_error_response`; FastAPI's validation errors keep their handler (:func:`validation_response`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -131,8 +152,10 @@ class _MappedErrorsRoute(APIRoute):
         async def mapped_handler(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (HTTPException, RequestValidationError):
+            except RequestValidationError:
                 raise
+            except StarletteHTTPException as exc:
+                return http_error_response(exc)
             except Exception as exc:  # one mapper for every route; the worker lives on
                 return error_response(exc)
 
@@ -219,6 +242,7 @@ def create_app(service: CloudBackend) -> FastAPI:
     app.include_router(router)
     app.include_router(create_analytics_router(service.recorder, route_class=_MappedErrorsRoute,
                                                dependencies=[requires(service, READ)]))
+    app.add_exception_handler(RequestValidationError, validation_response)
     app.add_middleware(BodyLimitMiddleware, reject=error_response, limits={
         "/v1/frames": settings.max_frame_bytes,
         "/v1/analyze": settings.max_upload_bytes,

@@ -107,7 +107,12 @@ class TestQueries:
         response = http.get(path, params=params)
         assert response.status_code == status and message in response.json()["error"]["message"]
 
-    @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 1001}, {"since": "yesterday"}, {"task": "count"}])
+    def test_a_time_that_is_not_iso_8601_gets_400(self, filled):
+        http, _ = filled
+        response = http.get("/v1/streams/cam-a/frames", params={"since": "yesterday"})
+        assert response.status_code == 400 and "not an ISO 8601 time" in response.json()["error"]["message"]
+
+    @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 1001}, {"task": "count"}])
     def test_invalid_parameters_get_422(self, filled, params):
         http, _ = filled
         assert http.get("/v1/streams/cam-a/frames", params=params).status_code == 422

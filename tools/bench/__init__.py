@@ -7,7 +7,7 @@ import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
     "fpnlink.tools.bench.split", "fpnlink.tools.bench.codec", "fpnlink.tools.bench.ratecontrol",
-    "fpnlink.tools.bench.rd", "fpnlink.tools.bench.edge",
+    "fpnlink.tools.bench.rd", "fpnlink.tools.bench.edge", "fpnlink.tools.bench.store",
 )
 
 
