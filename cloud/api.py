@@ -134,17 +134,17 @@ HTTP_CODE_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMIS
                    413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
 
 
-def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
-    """An HTTP error raised while FastAPI reads a request (e.g. a multipart body without a boundary) in the app's
-    one error body."""
+def http_error_response(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTP error of routing or request parsing (an unknown path, a multipart body without a boundary) in
+    the app's one error body."""
     code = HTTP_CODE_NAMES.get(exc.status_code, "UNKNOWN")
     body = ErrorResponse(error=ErrorBody(code=code, message=str(exc.detail)))
     return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
 
 class _MappedErrorsRoute(APIRoute):
-    """Routes whose exceptions go through :func:`error_response`; HTTP errors of request parsing through
-    :func:`http_error_response`; FastAPI's validation errors keep their handler (:func:`validation_response`)."""
+    """Routes whose exceptions go through :func:`error_response`; HTTP and validation errors of request parsing
+    keep the app's handlers (:func:`http_error_response`, :func:`validation_response`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -152,10 +152,8 @@ class _MappedErrorsRoute(APIRoute):
         async def mapped_handler(request: Request) -> Response:
             try:
                 return await handler(request)
-            except RequestValidationError:
+            except (StarletteHTTPException, RequestValidationError):
                 raise
-            except StarletteHTTPException as exc:
-                return http_error_response(exc)
             except Exception as exc:  # one mapper for every route; the worker lives on
                 return error_response(exc)
 
@@ -243,6 +241,7 @@ def create_app(service: CloudBackend) -> FastAPI:
     app.include_router(create_analytics_router(service.recorder, route_class=_MappedErrorsRoute,
                                                dependencies=[requires(service, READ)]))
     app.add_exception_handler(RequestValidationError, validation_response)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
     app.add_middleware(BodyLimitMiddleware, reject=error_response, limits={
         "/v1/frames": settings.max_frame_bytes,
         "/v1/analyze": settings.max_upload_bytes,

@@ -7,7 +7,7 @@
 
 A frame answered OK has been committed: when the store cannot take it (unreachable, queue full, commit
 timeout) the frame is answered UNAVAILABLE instead, so the edge resends it. Failures are stored when the frame
-parsed (its ids are known), except UNAVAILABLE ones, which say nothing about the frame.
+parsed and its ids can key it, except UNAVAILABLE ones, which say nothing about the frame.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fpnlink.shared.wire import pb
 from .errors import status_for
 from .store import ResultFeed, ResultStore, Retention, StoreUnavailableError, StoreWriter, frame_record
 from .store.database import sqlite_url
-from .store.records import MAX_STORED_FRAME_ID, check_storable
+from .store.records import check_storable, storage_problem
 
 if TYPE_CHECKING:
     from .metrics import CloudMetrics
@@ -127,7 +127,7 @@ class FrameRecorder:
                 return dataclasses.replace(outcome, result=None, error=exc)
             return outcome
         code = status_for(outcome.error)[0]
-        if code != grpc.StatusCode.UNAVAILABLE and frame.frame_id <= MAX_STORED_FRAME_ID:
+        if code != grpc.StatusCode.UNAVAILABLE and storage_problem(frame) is None:
             message = str(outcome.error)[:MAX_STORED_MESSAGE] or type(outcome.error).__name__
             self.writer.offer(frame_record(frame, receive_time_us=receive_time_us, complete_time_us=complete_time_us,
                                            frame_bytes=outcome.frame_bytes, error=(code.name, message),

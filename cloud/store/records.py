@@ -61,10 +61,21 @@ class FrameRecord:
         return self.stream_id, self.frame_id
 
 
-def check_storable(frame: pb.FeatureFrame) -> None:
-    """:class:`BadFrameError` for a frame the store cannot key (a frame id of 2**63 or more)."""
+def storage_problem(frame: pb.FeatureFrame) -> str | None:
+    """Why the store cannot key ``frame`` (None when it can): no stream id (``/v1/streams/{stream_id}`` could
+    not address it), or a frame id of 2**63 or more."""
+    if not frame.stream_id:
+        return "stream_id is empty: the results store keys frames by stream; set a stream id"
     if frame.frame_id > MAX_STORED_FRAME_ID:
-        raise BadFrameError(f"frame_id {frame.frame_id} is too large to store (at most {MAX_STORED_FRAME_ID})")
+        return f"frame_id {frame.frame_id} is too large to store (at most {MAX_STORED_FRAME_ID})"
+    return None
+
+
+def check_storable(frame: pb.FeatureFrame) -> None:
+    """:class:`BadFrameError` naming the :func:`storage_problem` of ``frame``, if any."""
+    problem = storage_problem(frame)
+    if problem is not None:
+        raise BadFrameError(problem)
 
 
 def frame_record(

@@ -101,6 +101,7 @@ class TestQueries:
         ("/v1/streams/cam-a/aggregates", {"bucket": "5x"}, 400, "must be a number and a unit"),
         ("/v1/streams/cam-a/aggregates", {"bucket": "30s"}, 400, "bucket must be 60 s"),
         ("/v1/streams/cam-a/aggregates", {"bucket": "2d"}, 400, "bucket must be 60 s"),
+        ("/v1/no-such-route", {}, 404, "Not Found"),
     ])
     def test_bad_queries_get_4xx_with_a_message(self, filled, path, params, status, message):
         http, _ = filled
@@ -141,6 +142,11 @@ def test_live_feed_sends_each_stored_frame(cloud, edge_output):
     listener.join(30)
     assert sorted(e["frame_id"] for e in events) == [1, 2] and all(e["stream_id"] == "live" for e in events)
     assert "detect" in events[0]["result"]
+
+
+def test_a_frame_without_a_stream_id_cannot_be_stored(cloud, edge_output):
+    [result] = send(cloud.grpc_target, [make_frame(edge_output, 1, codec="quant", stream_id="")])
+    assert result.error.code == "INVALID_ARGUMENT" and "stream_id is empty" in result.error.message
 
 
 def test_analytics_without_a_store_say_so(tiny_bundle):
