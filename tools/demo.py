@@ -121,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     settings = CloudSettings(host="127.0.0.1", grpc_port=0, http_port=0, weights=bundle.weights,
                              min_size=config.min_size, max_size=config.max_size,
-                             detections_per_img=config.detections_per_img, warmup=False)
+                             detections_per_img=config.detections_per_img, warmup=False, store=False)
     started = time.perf_counter()
     with CloudService(settings, bundle_loader=lambda _: bundle).run_in_background() as cloud:
         print(f"cloud up on loopback: gRPC :{cloud.grpc_port}, REST :{cloud.http_port} (weights {bundle.weights})")

@@ -76,7 +76,7 @@ def run_split_bench(quick: bool, weights: str = "random:0", repeats: int = 3) ->
     bundle = load_bundle(weights, config)
     image = scene(height, width)
     settings = CloudSettings(host="127.0.0.1", grpc_port=0, http_port=0, weights=bundle.weights,
-                             min_size=config.min_size, max_size=config.max_size, warmup=False)
+                             min_size=config.min_size, max_size=config.max_size, warmup=False, store=False)
     frame_bytes: dict[str, int] = {}
     stage_samples: dict[str, dict[str, list[float]]] = {c: {s: [] for s in STAGES} for c in CODECS}
     raw_feature_bytes = 0
