@@ -439,8 +439,13 @@ class CloudEngine:
                     remaining = [a for a in remaining if a not in members]
             for arch in remaining:
                 outputs[arch] = self._clouds[arch](features, input_sizes, original_sizes)
-        return [[task_result(task, outputs[arch][image], self.bundle.categories[arch])
+        return [[task_result(task, _float32(outputs[arch][image]), self.bundle.categories[arch])
                  for task, arch in zip(tasks, archs)] for image in range(len(input_sizes))]
+
+
+def _float32(detections: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detections with float32 tensors (heads run under fp16/bf16 autocast return reduced precision)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in detections.items()}
 
 
 def _head_sharing_groups(bundle: ModelBundle) -> list[tuple[str, ...]]:

@@ -7,7 +7,8 @@ import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
     "fpnlink.tools.bench.split", "fpnlink.tools.bench.codec", "fpnlink.tools.bench.ratecontrol",
-    "fpnlink.tools.bench.rd", "fpnlink.tools.bench.edge", "fpnlink.tools.bench.store",
+    "fpnlink.tools.bench.rd", "fpnlink.tools.bench.load", "fpnlink.tools.bench.edge",
+    "fpnlink.tools.bench.device", "fpnlink.tools.bench.store",
 )
 
 

@@ -1,0 +1,31 @@
+"""bench load's report parts: the batch-size histogram from a real exposition, RSS growth, frame stamping."""
+
+from __future__ import annotations
+
+from fpnlink.cloud.metrics import CloudMetrics
+from fpnlink.shared.wire import pb
+from fpnlink.tools.bench.load import batch_histogram, rss_report
+from fpnlink.tools.bench.loadgen import stamp
+
+
+def test_batch_histogram_counts_batches_per_size():
+    metrics = CloudMetrics()
+    for size in (1, 1, 3, 8, 8, 8, 40):
+        metrics.record_batch(size, [0.0] * size)
+    text = metrics.render()[0].decode()
+    assert batch_histogram(text) == {"1": 2, "3": 1, "8": 3, "48": 1}  # exact to 16, then the bucket's bound
+
+
+def test_rss_growth_compares_the_first_and_last_window():
+    samples = [(float(t), 100 * 2**20 if t < 150 else 110 * 2**20) for t in range(300)]
+    report = rss_report(samples, 300.0)
+    assert report["window_s"] == 60.0
+    assert report["first_mib"] == 100.0 and report["last_mib"] == 110.0 and report["growth"] == 0.1
+    assert rss_report([], 10.0)["samples_mib"] == [] and "growth" not in rss_report([], 10.0)
+
+
+def test_stamp_changes_only_the_ids():
+    template = pb.FeatureFrame(stream_id="load", frame_id=1, tasks=[pb.DETECT])
+    stamped = pb.FeatureFrame.FromString(stamp(template, "load-3", 42))
+    assert (stamped.stream_id, stamped.frame_id, list(stamped.tasks)) == ("load-3", 42, [pb.DETECT])
+    assert template.frame_id == 1
