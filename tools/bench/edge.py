@@ -43,21 +43,23 @@ from .common import machine, median_ms, write_json
 from .split import FULL_SIZE, scene
 
 RSS_SCRIPT = """
-import resource, sys, torch
+import re, sys, torch
 from fpnlink.edge import EdgeAgent
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.model import ModelConfig, load_bundle
 from fpnlink.shared.model.front import load_front_half
 from fpnlink.tools.bench.split import scene
 torch.set_num_threads(1)
+def hwm():  # this process's peak RSS in KiB (ru_maxrss would keep the parent's peak across fork + exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 weights, what, archs, h, w = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(",")), int(sys.argv[4]), int(sys.argv[5])
 config = ModelConfig(min_size=min(h, w), max_size=max(1333, h, w))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 model = load_front_half(weights, config, archs) if what == "front" else load_bundle(weights, config, archs=archs)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = hwm()
 tasks = {"faster": "detect", "mask": "segment", "keypoint": "keypoints"}
 EdgeAgent(model, make_codec("quant"), [tasks[archs[0]]], "rss").encode(scene(h, w), 1)
-print(before, loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, loaded, hwm())
 """
 
 
@@ -91,7 +93,7 @@ def peak_rss_mb(weights: str, what: str, archs: tuple[str, ...], size: tuple[int
     """Peak RSS (MB) of a fresh process: at start, after loading, after coding one frame."""
     command = [sys.executable, "-c", RSS_SCRIPT, weights, what, ",".join(archs), str(size[0]), str(size[1])]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
-    start, loaded, peak = (int(v) / 1024 for v in output[-3:])  # ru_maxrss is in KiB on Linux
+    start, loaded, peak = (int(v) / 1024 for v in output[-3:])  # VmHWM is in KiB
     return {"start_mb": round(start, 1), "loaded_mb": round(loaded, 1), "peak_mb": round(peak, 1)}
 
 
