@@ -3,7 +3,9 @@ with the store off, on an SQLite file (WAL) and on PostgreSQL (a throwaway serve
 fsync on), under the same load: ``--clients`` closed-loop clients, each sending pre-encoded frames with unary
 ``Analyze`` one after the other (latency: send to answer, the store's commit included).
 
-Every frame gets a fresh id, so the heads run for each (nothing is answered from a cache or the store).
+Every frame gets a fresh id, so the heads run for each (nothing is answered from a cache or the store). The
+store's own cost is also read from the cloud's metrics: transaction time per committed frame
+(``commit_ms_per_frame``), spent in the writer thread, off the engine's.
 Configurations are interleaved within each repeat, so that drift of a shared machine hits them alike; the
 report gives medians over repeats, and the store's cost as ``1 - fps(store) / fps(off)`` (target <= 10%).
 """
@@ -107,11 +109,20 @@ def _one_run(bundle: ModelBundle, templates: list[pb.FeatureFrame], database_url
             thread.join()
         wall_s = time.perf_counter() - start
         stored = cloud.service.recorder.store.count() if cloud.service.recorder is not None else 0
+        registry = cloud.service.metrics.registry
+        commit_s = registry.get_sample_value("fpnlink_cloud_store_write_seconds_sum") or 0.0
+        committed = registry.get_sample_value("fpnlink_cloud_stored_frames_total") or 0.0
     if failures:
         raise RuntimeError(f"{len(failures)} frames failed: {sorted(set(failures))}")
     return {"fps": len(latencies) / wall_s, "p99_ms": float(np.percentile(latencies, 99)),
             "p50_ms": float(np.percentile(latencies, 50)), "frames": len(latencies),
-            "stored": stored - (WARMUP_FRAMES if database_url else 0)}
+            "stored": stored - (WARMUP_FRAMES if database_url else 0),
+            "commit_ms_per_frame": 1e3 * commit_s / committed if committed else None}
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
 
 
 def run_store_bench(frames: int = 200, clients: int = 4, repeats: int = 3, size: int = 128,
@@ -129,7 +140,8 @@ def run_store_bench(frames: int = 200, clients: int = 4, repeats: int = 3, size:
     summary = {config: {"fps": round(statistics.median(r["fps"] for r in rs), 2),
                         "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 2),
                         "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 2),
-                        "stored_per_run": [r["stored"] for r in rs]}
+                        "stored_per_run": [r["stored"] for r in rs],
+                        "commit_ms_per_frame": _median_or_none([r["commit_ms_per_frame"] for r in rs])}
                for config, rs in runs.items()}
     off = summary.get("off", {}).get("fps")
     cost = {config: round(100 * (1 - summary[config]["fps"] / off), 2)
@@ -157,7 +169,9 @@ def _run(args: argparse.Namespace) -> int:
     report = run_store_bench(args.frames, args.clients, args.repeats, args.size, args.weights, args.workers, configs)
     write_json(args.json, report)
     for config, entry in report["summary"].items():
-        print(f"{config:>10}: {entry['fps']:.2f} frames/s, p99 {entry['p99_ms']:.1f} ms, p50 {entry['p50_ms']:.1f} ms")
+        commit = entry["commit_ms_per_frame"]
+        print(f"{config:>10}: {entry['fps']:.2f} frames/s, p99 {entry['p99_ms']:.1f} ms, p50 {entry['p50_ms']:.1f} ms"
+              + (f", commit {commit:.2f} ms/frame" if commit is not None else ""))
     print(f"store cost {report['store_cost_pct']} % (target <= {TARGET_COST_PCT} %): "
           f"{'met' if report['target_met'] else 'NOT met'}")
     print(f"wrote {args.json}")
