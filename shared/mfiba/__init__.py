@@ -21,17 +21,20 @@ from .importance import (
     FullMfip, Importance, MfipMode, make_importance, normalise_losses, parse_mfip_mode, quality_levels,
 )
 from .loss_rate import CauchyFit, FitQuality, LossRateModel, QuadraticFit, fit_cauchy, fit_loss_rate, fit_quadratic
-from .profile import PROFILE_FORMAT, BackboneInfo, CodecInfo, Profile, load_profile, profile_from_dict
+from .profile import (
+    PROFILE_FORMAT, SHIPPED_PROFILES, BackboneInfo, CodecInfo, Profile, load_profile, profile_from_dict,
+    shipped_profile,
+)
 from .rate_phi import RatePhiModel, fit_rate_phi
 from .task_loss import pseudo_ap, task_loss
 
 __all__ = [
-    "K_FPN", "PROFILE_FORMAT", "Allocation", "BackboneInfo", "Budget", "BudgetedCoder", "CauchyFit", "CodecInfo",
+    "K_FPN", "PROFILE_FORMAT", "SHIPPED_PROFILES", "Allocation", "BackboneInfo", "Budget", "BudgetedCoder", "CauchyFit", "CodecInfo",
     "ControlResult", "FastPredictor", "FitQuality", "FullMfip", "Importance", "InfeasibleBudgetError",
     "LossRateModel", "MfipMode", "Profile", "QuadraticFit", "RateController", "RateDecision", "RatePhiModel",
     "ScaleRateModel",
     "allocate", "calibrate", "closed_form_rates", "detect_phi_grid", "feature_stats", "fit_cauchy",
     "fit_loss_rate", "fit_quadratic", "fit_rate_phi", "load_profile", "make_importance", "model_loss",
     "normalise_losses", "parse_budget", "parse_mfip_mode", "profile_from_dict", "pseudo_ap", "quality_levels",
-    "task_loss", "train_fast_predictor",
+    "shipped_profile", "task_loss", "train_fast_predictor",
 ]

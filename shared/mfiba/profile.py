@@ -40,6 +40,8 @@ from .loss_rate import CauchyFit, FitQuality, LossRateModel, QuadraticFit
 from .rate_phi import RatePhiModel
 
 PROFILE_FORMAT = "fpnlink.mfiba.profile/1"
+SHIPPED_PROFILES = Path(__file__).with_name("assets")
+"""Profiles shipped with fpnlink, for its shipped backbone and codecs (recipes in NOTES.md)."""
 RATE_UNIT = "bits/position"
 PHI_GRIDS: tuple[str, ...] = ("continuous", "integer")
 
@@ -324,3 +326,15 @@ def load_profile(path: str | Path) -> Profile:
         return profile_from_dict(obj)
     except ValueError as exc:
         raise ValueError(f"invalid MFIBA profile {path}: {exc}") from None
+
+
+def shipped_profile(codec: FeatureCodec, backbone_fingerprint: str, folder: Path = SHIPPED_PROFILES) -> Profile | None:
+    """The shipped profile calibrated for exactly this codec and backbone, if there is one."""
+    for path in sorted(folder.glob("*.json")):
+        profile = load_profile(path)
+        try:
+            profile.check_compatible(codec, backbone_fingerprint)
+        except FingerprintMismatchError:
+            continue
+        return profile
+    return None

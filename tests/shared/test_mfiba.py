@@ -16,7 +16,7 @@ from fpnlink.shared.mfiba import (
     ScaleRateModel, allocate,
     closed_form_rates, feature_stats, fit_cauchy, fit_loss_rate, fit_quadratic, fit_rate_phi, load_profile,
     make_importance, normalise_losses, parse_budget, parse_mfip_mode, profile_from_dict, pseudo_ap,
-    quality_levels, train_fast_predictor,
+    quality_levels, shipped_profile, train_fast_predictor,
 )
 from fpnlink.shared.mfiba.allocate import numeric_rates
 from fpnlink.shared.mfiba.calibration import detect_phi_grid, rate_points
@@ -428,6 +428,15 @@ class TestProfile:
             quant_profile.check_compatible(make_codec("quant", zlib_level=1), "feedfacefeedface")
         with pytest.raises(FingerprintMismatchError, match="backbone"):
             quant_profile.check_compatible(make_codec("quant"), "0000")
+
+    def test_shipped_profile_is_the_compatible_one(self, quant_profile, tmp_path):
+        quant_profile.save(tmp_path / "a-quant.json")
+        assert shipped_profile(make_codec("quant"), "feedfacefeedface", tmp_path).to_dict() == quant_profile.to_dict()
+        assert shipped_profile(make_codec("quant", zlib_level=1), "feedfacefeedface", tmp_path) is None
+        assert shipped_profile(make_codec("quant"), "0000", tmp_path) is None
+        (tmp_path / "b-broken.json").write_text("{not json")
+        with pytest.raises(ValueError, match="cannot read"):
+            shipped_profile(make_codec("quant"), "0000", tmp_path)
 
 
 class TestControl:
