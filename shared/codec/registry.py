@@ -10,9 +10,8 @@ from ..errors import UnsupportedError, WeightsError
 from .base import FeatureCodec
 
 _CODECS: dict[str, Callable[..., FeatureCodec]] = {}
-DEFAULT_LEARNED_CODEC = "learned"
-"""The learned codec the product and its benchmarks use unless told otherwise (``xscale`` once its production
-checkpoint ships: see NOTES.md)."""
+DEFAULT_LEARNED_CODEC = "xscale"
+"""The learned codec the product and its benchmarks use unless told otherwise."""
 T = TypeVar("T", bound=Callable[..., FeatureCodec])
 
 

@@ -1,11 +1,13 @@
-"""The weights committed to the repository: the ``synthetic`` backbone parts and the learned codec trained on it."""
+"""The weights committed to the repository: the ``synthetic`` backbone parts and the learned codecs trained on it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, make_codec
 from fpnlink.shared.codec.learned import SYNTHETIC_CHECKPOINT
+from fpnlink.shared.codec.xscale import SYNTHETIC_CHECKPOINT as XSCALE_CHECKPOINT
 from fpnlink.shared.model import ModelBundle, ModelConfig, load_bundle
 from fpnlink.shared.model.assets import SYNTHETIC_DIR, read_asset
 
@@ -36,3 +38,10 @@ def test_synthetic_loads_as_three_models_on_one_backbone(synthetic: ModelBundle)
 def test_shipped_learned_codec_was_trained_on_the_shipped_backbone(synthetic: ModelBundle, codec_meta: dict) -> None:
     assert codec_meta["weights"] == "synthetic"
     assert codec_meta["backbone_fingerprint"] == synthetic.backbone_fingerprint_for(TASKS)
+
+
+def test_shipped_xscale_codec_serves_the_shipped_backbone(synthetic: ModelBundle) -> None:
+    codec = make_codec(DEFAULT_LEARNED_CODEC)
+    assert codec.name == "xscale" and codec.checkpoint == XSCALE_CHECKPOINT
+    assert codec.trained_backbone == synthetic.backbone_weight_fingerprints["faster"]
+    codec.check_backbone(set(synthetic.backbone_weight_fingerprints.values()))  # raises WeightsError on a mismatch
