@@ -21,7 +21,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from ..errors import UnsupportedError, WeightsError
 from .fingerprint import hash_state
 from .split import EdgeHalf, ImageSize
-from .zoo import _RANDOM, ARCHS, BUNDLE_FORMAT, TASK_ARCH, ModelBundle, ModelConfig, load_bundle
+from .zoo import _RANDOM, ARCHS, BUNDLE_FORMAT, TASK_ARCH, ModelBundle, ModelConfig, load_bundle, read_checkpoint
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -89,12 +89,7 @@ def build_backbone() -> nn.Module:
 
 
 def _checkpoint_backbone(path: Path, archs: tuple[str, ...]) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"no checkpoint at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt file
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+    blob = read_checkpoint(path)
     if isinstance(blob, dict) and blob.get("format") == BUNDLE_FORMAT:
         states = blob["models"]
         arch = next((a for a in archs if a in states), None)

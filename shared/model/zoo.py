@@ -209,13 +209,19 @@ def _infer_arch(state: dict[str, Tensor]) -> str:
     raise WeightsError("checkpoint is not a torchvision Faster/Mask/Keypoint R-CNN state dict")
 
 
-def _checkpoint_bundle(path: Path, config: ModelConfig, archs: tuple[str, ...], name: str) -> ModelBundle:
+def read_checkpoint(path: Path) -> Any:
+    """The object in a torch checkpoint file; :class:`WeightsError` when it is missing or unreadable."""
     if not path.is_file():
         raise WeightsError(f"no checkpoint at {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt file
         raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+    return blob
+
+
+def _checkpoint_bundle(path: Path, config: ModelConfig, archs: tuple[str, ...], name: str) -> ModelBundle:
+    blob = read_checkpoint(path)
     if isinstance(blob, dict) and blob.get("format") == BUNDLE_FORMAT:
         states, meta = blob["models"], blob.get("meta", {})
     elif isinstance(blob, dict):
