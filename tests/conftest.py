@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import torch
 
 from fpnlink.shared.model import ModelBundle, ModelConfig, load_bundle
@@ -52,16 +51,8 @@ def fresh_database(kind: str, folder: Path, server: TemporaryPostgres | None) ->
     if kind == "sqlite":
         yield f"sqlite:///{folder / 'store' / 'results.db'}"
         return
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield server.url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with server.scratch_database(f"test_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 DATABASES = ["sqlite", "postgresql"]

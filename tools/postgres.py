@@ -8,12 +8,14 @@ user (``runuser``). Binaries come from ``$FPNLINK_POSTGRES_BIN``, ``pg_config --
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_BIN_DIRS = (Path("/usr/lib/postgresql/15/bin"),)
@@ -83,6 +85,21 @@ class TemporaryPostgres:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def scratch_database(self, name: str) -> Iterator[str]:
+        """Create database ``name`` on this server, yield its URL, and drop it (connections included) after."""
+        import sqlalchemy as sa
+
+        admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {name}"))
+        try:
+            yield self.url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin.dispose()
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin_dir / program), *args]

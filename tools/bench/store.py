@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 import torch
 
 from fpnlink.cloud import CloudService, CloudSettings
@@ -63,15 +62,8 @@ def _database(config: str, folder: Path, server: TemporaryPostgres | None, run: 
     elif config == "sqlite":
         yield f"sqlite:///{folder / f'bench-{run}.db'}"
     else:
-        name = f"bench_{run}"
-        admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"CREATE DATABASE {name}"))
-        try:
-            yield server.url.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            with admin.connect() as connection:
-                connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        with server.scratch_database(f"bench_{run}") as url:
+            yield url
 
 
 def _one_run(bundle: ModelBundle, templates: list[pb.FeatureFrame], database_url: str | None, frames: int,
