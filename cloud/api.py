@@ -228,7 +228,8 @@ def create_app(service: CloudBackend) -> FastAPI:
 
     @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz() -> JSONResponse:
-        """Readiness: 200 once the engine is loaded and warmed up, 503 before."""
+        """Readiness: 200 once the engine is loaded and warmed up, 503 before and while the results store is
+        unavailable (gRPC health follows the same readiness)."""
         ready, reason = service.readiness()
         return JSONResponse(Readiness(ready=ready, reason=reason).model_dump(), status_code=200 if ready else 503)
 

@@ -53,7 +53,7 @@ class CloudBackend(Protocol):
 
     Attributes:
         settings, metrics: the process settings and its metric objects.
-        health: the gRPC health servicer (SERVING once ready).
+        health: the gRPC health servicer (SERVING while :meth:`readiness` holds, NOT_SERVING otherwise).
         authenticator: bearer-token checks; tls: the server's TLS material, None for plaintext.
         recorder: the results store link, None when the store is off.
     """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -85,6 +86,11 @@ class FrameRecorder:
         """Write what is queued, stop the writer, close the connections."""
         self.writer.stop()
         self.store.close()
+
+    def watch_readiness(self, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` whenever :meth:`readiness` flips (from the thread that noticed: the writer's
+        ping or commit, or a failed lookup); the caller re-reads readiness itself."""
+        self.writer.on_availability = lambda available, error: changed()
 
     def readiness(self) -> tuple[bool, str]:
         if not self.writer.available:

@@ -6,6 +6,8 @@ Lifecycle (LitServe-style: construct cheaply, set up once, report readiness)::
       └─ await start()               binds gRPC + HTTP (ports reported), health NOT_SERVING, /readyz 503
            └─ setup in a thread      load weights -> CloudEngine -> warm-up
                 └─ ready             health SERVING, /readyz 200, requests served
+                     └─ store down      health NOT_SERVING, /readyz 503 ("results store unavailable");
+                                        SERVING again once the store's writer reaches the database
       └─ await stop()                health NOT_SERVING, in-flight requests get ``grace_s``, servers close
 
 Heavy work runs off the event loop, so that it keeps answering health checks and metrics: frames are parsed
@@ -85,7 +87,13 @@ class CloudService:
         self.tls: ServerTLS | None = load_server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca) \
             if settings.tls_cert is not None else None
         self.recorder = FrameRecorder.from_settings(settings, self.metrics) if settings.store else None
+        if self.recorder is not None:
+            self.recorder.watch_readiness(self._readiness_changed)
         self.health = health.aio.HealthServicer()
+        self._health_status = health_pb2.HealthCheckResponse.NOT_SERVING
+        self._health_lock: asyncio.Lock | None = None
+        self._health_tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self.setup_error: Exception | None = None
@@ -132,6 +140,40 @@ class CloudService:
             if not store_ready:
                 return False, store_reason
         return True, f"serving weights {engine.bundle.weights!r}"
+
+    def _readiness_changed(self) -> None:
+        """Something :meth:`readiness` reads has changed (any thread): re-derive the health status on the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody asks for health any more
+            loop.call_soon_threadsafe(self._schedule_health_sync)
+
+    def _schedule_health_sync(self) -> None:
+        task = asyncio.ensure_future(self._sync_health())
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _sync_health(self) -> None:
+        """Make the gRPC health status (service ``""`` and FeatureLink) and the ready gauge follow
+        :meth:`readiness`, the one place readiness is decided (``/readyz`` answers from it too).
+
+        Readiness is read under the lock, so that overlapping syncs end on the current state.
+        """
+        async with self._health_lock:
+            if self._stopping:  # enter_graceful_shutdown holds every status NOT_SERVING
+                return
+            ready, reason = self.readiness()
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            self.metrics.set_ready(ready)
+            if status == self._health_status:
+                return
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+            self._health_status = status
+            (logger.info if ready else logger.warning)("gRPC health %s: %s",
+                                                       health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                                                       reason)
 
     # ------------------------------------------------------------------------------------------- requests
 
@@ -221,6 +263,8 @@ class CloudService:
         """Bind both servers (health NOT_SERVING), then set up the engine in the background."""
         settings = self.settings
         self._settled = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._health_lock = asyncio.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="fpnlink-engine")
         self._parse_executor = concurrent.futures.ThreadPoolExecutor(max(2, settings.workers),
                                                                      thread_name_prefix="fpnlink-parse")
@@ -250,7 +294,7 @@ class CloudService:
                            "send and read; set tls_cert/tls_key (and tls_client_ca) and token_file",
                            settings.host, " or ".join(
                                n for n, on in (("TLS", self.tls), ("tokens", self.authenticator.enabled)) if not on))
-        self._setup_task = asyncio.create_task(self._setup(SERVICE_NAME), name="fpnlink-setup")
+        self._setup_task = asyncio.create_task(self._setup(), name="fpnlink-setup")
 
     async def _start_http(self, app: object) -> None:
         settings = self.settings
@@ -267,7 +311,7 @@ class CloudService:
                 raise RuntimeError("the HTTP server stopped during startup")
             await asyncio.sleep(0.01)
 
-    async def _setup(self, service_name: str) -> None:
+    async def _setup(self) -> None:
         try:  # in its own thread, not the engine pool, which answers frames meanwhile
             engine = await asyncio.to_thread(self._build_engine)
         except Exception as exc:  # reported through readiness; the process owner decides whether to exit
@@ -275,9 +319,7 @@ class CloudService:
             logger.error("engine setup failed: %s", exc, exc_info=exc)
         else:
             self._engine = engine
-            self.metrics.set_ready(True)
-            for name in ("", service_name):
-                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._sync_health()  # SERVING, unless the store went down meanwhile
             logger.info("engine ready: weights %r, tasks %s, codecs %s", engine.bundle.weights, engine.tasks,
                         sorted(engine.codecs))
         finally:

@@ -81,6 +81,8 @@ class StoreWriter:
         busy: a transaction is in progress.
         observer: metric hooks.
         on_stored: called in the writer thread with each committed batch (the live feed).
+        on_availability: called with ``(available, last_error)`` each time :attr:`available` changes, in the
+            thread that noticed (the writer's, or a lookup's); the service re-derives its readiness there.
         retention_interval_s: seconds between pruning passes.
     """
 
@@ -93,6 +95,7 @@ class StoreWriter:
         retention: Retention = Retention(),
         observer: StoreObserver | None = None,
         on_stored: Callable[[Sequence[FrameRecord]], None] | None = None,
+        on_availability: Callable[[bool, str | None], None] | None = None,
         retention_interval_s: float = RETENTION_INTERVAL_S,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
@@ -106,6 +109,7 @@ class StoreWriter:
         self.busy = False
         self._observer = observer
         self._on_stored = on_stored
+        self.on_availability = on_availability
         self._queue: queue.Queue[_Pending | object] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
         self._next_prune = 0.0
@@ -246,11 +250,17 @@ class StoreWriter:
             self._notify("record_store_pruned", deleted)
 
     def _set_available(self, available: bool, error: str | None) -> None:
-        if available != self.available:
+        changed = available != self.available
+        if changed:
             (logger.info if available else logger.error)("results store %s%s", "available again" if available
                                                          else "UNAVAILABLE: ", error or "")
         self.available = available
         self.last_error = error
+        if changed and self.on_availability is not None:
+            try:
+                self.on_availability(available, error)
+            except Exception:  # a listener must not stop the writer
+                logger.exception("store writer: on_availability callback failed")
 
     def _notify(self, method: str, *args: float) -> None:
         if self._observer is None:

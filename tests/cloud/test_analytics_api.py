@@ -1,6 +1,6 @@
 """The /v1 analytics over real sockets: a CloudService with its results store (SQLite file or PostgreSQL
 server), frames sent over loopback gRPC, REST read back with httpx; every bad query's 4xx, the live feed,
-a database that goes down, a full store queue, bad store settings."""
+a database that goes down (with gRPC health and the edge's wait_ready), a full store queue, bad store settings."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import grpc
 import httpx
 import pytest
 from cloud_helpers import loopback_settings, make_frame
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from fpnlink.cloud import CloudService, cli
+from fpnlink.cloud.server import SERVICE_NAME
+from fpnlink.edge.client import Client, LinkError
 from fpnlink.shared.wire import pb, pb_grpc
 
 T0_US = 1_764_000_000_000_000
@@ -155,13 +158,27 @@ def test_analytics_without_a_store_say_so(tiny_bundle):
     assert response.status_code == 422 and "without a results store" in response.json()["error"]["message"]
 
 
+def health_statuses(channel: grpc.Channel) -> set[str]:
+    """The grpc.health.v1 ``Check`` status names of the server overall and of FeatureLink."""
+    check = health_pb2_grpc.HealthStub(channel).Check
+    return {health_pb2.HealthCheckResponse.ServingStatus.Name(check(health_pb2.HealthCheckRequest(service=name),
+                                                                    timeout=10).status)
+            for name in ("", SERVICE_NAME)}
+
+
 def test_database_down_means_not_ready_and_unavailable(tiny_bundle, postgres_server, edge_output):
     settings = store_settings(postgres_server.url, store_timeout_s=2.0)
     with CloudService(settings, bundle_loader=lambda _: tiny_bundle).run_in_background() as cloud, \
-            httpx.Client(base_url=cloud.http_url, timeout=30) as http:
+            httpx.Client(base_url=cloud.http_url, timeout=30) as http, \
+            grpc.insecure_channel(cloud.grpc_target) as health_channel:
         assert http.get("/readyz").status_code == 200
+        assert health_statuses(health_channel) == {"SERVING"}
         postgres_server.stop()
         try:
+            # no frame sent yet: the store writer's idle ping notices, and gRPC health follows /readyz
+            _until(lambda: health_statuses(health_channel) == {"NOT_SERVING"})
+            not_ready = http.get("/readyz")
+            assert not_ready.status_code == 503 and "results store unavailable" in not_ready.json()["reason"]
             [result] = send(cloud.grpc_target, [make_frame(edge_output, 1, codec="quant", stream_id="down-svc")])
             assert result.error.code == "UNAVAILABLE" and "results database" in result.error.message
             with grpc.insecure_channel(cloud.grpc_target) as channel, pytest.raises(grpc.RpcError) as caught:
@@ -170,12 +187,26 @@ def test_database_down_means_not_ready_and_unavailable(tiny_bundle, postgres_ser
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             not_ready = http.get("/readyz")
             assert not_ready.status_code == 503 and "results store unavailable" in not_ready.json()["reason"]
+            assert health_statuses(health_channel) == {"NOT_SERVING"}
+            # the edge's wait_ready gives up in its timeout and names the status, rather than hanging
+            with Client(cloud.grpc_target) as edge, pytest.raises(LinkError) as refused:
+                started = time.monotonic()
+                edge.wait_ready(timeout_s=1.0)
+            assert time.monotonic() - started < 10
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE and "NOT_SERVING" in str(refused.value)
         finally:
             postgres_server.start()
+        # recovery without traffic: the idle ping reaches the database again
+        _until(lambda: health_statuses(health_channel) == {"SERVING"})
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        with Client(cloud.grpc_target) as edge:
+            edge.wait_ready(timeout_s=10)
         [result] = send(cloud.grpc_target, [make_frame(edge_output, 3, codec="quant", stream_id="down-svc")])
         assert not result.HasField("error")
         ready = http.get("/readyz")
         assert ready.status_code == 200, ready.text
+        assert health_statuses(health_channel) == {"SERVING"}
 
 
 def test_a_full_store_queue_refuses_frames_and_shows_in_metrics(tiny_bundle, edge_output, tmp_path):
