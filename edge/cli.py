@@ -27,11 +27,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..shared.codec import available_codecs
+from ..shared.codec import DEFAULT_LEARNED_CODEC, available_codecs
 from ..shared.errors import ConfigError, FingerprintMismatchError, UnsupportedError, WeightsError
 from ..shared.identity import STREAM_SEPARATOR, certificate_identity
-from ..shared.mfiba import BudgetedCoder, RateController, load_profile, make_importance, parse_budget
-from ..shared.mfiba.allocate import Budget
+from ..shared.mfiba import BudgetedCoder
 from ..shared.model import TASK_ARCH, TASKS, TRANSMITTED_SCALES, ModelBundle, ModelConfig, load_bundle
 from ..shared.wire import pb
 from ..shared.model.front import FrontHalf, load_front_half
@@ -39,6 +38,7 @@ from .agent import EdgeAgent, EncodedFrame
 from .backends import BACKENDS, export_onnx, load_onnx_front
 from .client import Client, LinkError, check_compatible
 from .metrics import serve_metrics
+from .operating_point import DEFAULT_BUDGET, budgeted_coder, choose_operating_point
 from .rate import LinkBudget, LinkRate, parse_max_kbps
 from .results import ResultLog
 from .settings import EdgeSettings
@@ -68,17 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recursive", action="store_true", default=None, help="include subfolders of --source")
     run.add_argument("--server", help="cloud gRPC address host:port (default localhost:50051)")
     run.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default detect)")
-    run.add_argument("--codec", help=f"feature codec, one of {available_codecs()} (default quant)")
+    run.add_argument("--codec", help=f"feature codec, one of {available_codecs()} (default {DEFAULT_LEARNED_CODEC})")
     run.add_argument("--codec-checkpoint", type=Path, help="weights of the learned codec (default: the shipped "
                                                           "one); the cloud must serve the same file")
-    run.add_argument("--phi", type=float, help="rate parameter for every scale (quant: bits 1..8; default 6)")
-    run.add_argument("--budget", help="frame budget instead of --phi: 0.05bpp, 30KB or 2Mbps@10fps; MFIBA picks "
-                                      "phi per scale and frame (needs --profile)")
+    run.add_argument("--phi", type=float, help="fixed rate parameter for every scale instead of a budget")
+    run.add_argument("--budget", help=f"frame budget: 0.05bpp, 30KB or 2Mbps@10fps; MFIBA picks phi per scale and "
+                                      f"frame (default {DEFAULT_BUDGET} where a profile ships for the codec and "
+                                      "backbone, else the codec's default phi)")
     run.add_argument("--mfip", help="scale importance under --budget: full, fast, uniform or fixed:w2,w3,w4,w5 "
                                     "(default fast)")
-    run.add_argument("--profile", type=Path, help="MFIBA profile from `fpnlink mfiba calibrate` (for --budget)")
-    run.add_argument("--weights", help="random:SEED, coco, synthetic or a checkpoint path; must match the cloud's "
-                                       "(default random:0)")
+    run.add_argument("--profile", type=Path, help="MFIBA profile from `fpnlink mfiba calibrate` (default: the one "
+                                                  "shipped for the codec and backbone)")
+    run.add_argument("--weights", help="synthetic, coco, random:SEED or a checkpoint path; must match the cloud's "
+                                       "(default synthetic)")
     run.add_argument("--out", type=Path, help="JSON Lines results file, written as results arrive")
     run.add_argument("--min-size", type=int, help="network-input shorter side (default: the cloud's)")
     run.add_argument("--max-size", type=int, help="network-input longer-side cap (default: the cloud's)")
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-key", type=Path, help="the client certificate's PEM key")
     run.add_argument("--token", help="bearer token with scope ingest (FPNLINK_EDGE_TOKEN keeps it out of ps)")
     run.add_argument("--max-kbps", help="link-adaptive rate instead of --budget: KBPS, auto (follow the link) or "
-                                        "auto:KBPS (follow it, at most KBPS); needs --profile")
+                                        "auto:KBPS (follow it, at most KBPS); needs a profile")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)")
     run.add_argument("--backend", choices=BACKENDS, help="front-half backend (default torch)")
     run.add_argument("--onnx", type=Path, help="ONNX model from `fpnlink-edge export` (--backend onnxruntime; "
@@ -229,7 +231,7 @@ def run_command(args: argparse.Namespace) -> int:
         except FingerprintMismatchError as exc:
             return _failure(f"edge and cloud do not match: {exc}")
         archs = tuple(dict.fromkeys(TASK_ARCH[t] for t in settings.tasks))
-        heads = (settings.budget or settings.max_kbps) is not None and settings.mfip == "full"  # full MFIP runs the heads at the edge
+        heads = settings.phi is None and settings.mfip == "full"  # full MFIP runs the heads at the edge
         try:
             bundle = load_bundle(settings.weights, config, archs=archs) if heads else None
             front = _front_half(settings, config, archs, bundle, spool)
@@ -249,24 +251,31 @@ def run_command(args: argparse.Namespace) -> int:
         except (FingerprintMismatchError, UnsupportedError) as exc:
             return _failure(f"edge and cloud do not match: {exc} (edge weights {settings.weights!r})")
 
-        rate_control = None
-        if settings.budget is not None or settings.max_kbps is not None:
-            try:
-                rate_control = _budgeted_coder(settings, bundle, agent)
-            except FingerprintMismatchError as exc:
-                return _failure(str(exc))
-            except ValueError as exc:
-                return _usage_error(f"--profile/--mfip: {exc}")
-        phi = None if settings.phi is None else {name: settings.phi for name in TRANSMITTED_SCALES}
-        budget_text = settings.budget or f"{settings.max_kbps} kbps, link-adaptive"
-        rate = "" if rate_control is None else f", budget {budget_text} (MFIP {settings.mfip})"
+        try:
+            point = choose_operating_point(agent.codec, agent.model_fingerprint, phi=settings.phi,
+                                           budget=settings.budget, link_adaptive=settings.max_kbps is not None,
+                                           profile_path=settings.profile)
+            rate_control = None if point.budget is None else \
+                budgeted_coder(point, agent.codec, settings.mfip, agent.tasks, bundle)
+        except FingerprintMismatchError as exc:
+            return _failure(str(exc))
+        except ValueError as exc:
+            return _usage_error(f"--budget/--profile/--mfip: {exc}")
+        phi = None if point.phi is None else {name: point.phi for name in TRANSMITTED_SCALES}
+        if settings.max_kbps is not None:
+            rate = f"{settings.max_kbps} kbps link-adaptive, MFIBA profile {point.profile_source}"
+        else:
+            rate = point.describe()
+        if rate_control is not None:
+            rate += f" (MFIP {settings.mfip})"
         if source.replayable:
             source.start = spool.cursor(source.identity)
         resume = source.start > 0 or spool.depth()[0] > 0
         kind = f"{len(source)} frame(s)" if source.replayable else "live frames"
         print(f"{PROG}: {kind} from {args.source} -> {settings.server} "
-              f"(stream {stream_id}, tasks {','.join(agent.tasks)}, codec {settings.codec}{rate}, "
-              f"input {config.min_size}/{config.max_size}, spool {spool.path})")
+              f"(stream {stream_id}, tasks {','.join(agent.tasks)}, spool {spool.path})")
+        print(f"{PROG}: operating point: codec {agent.codec.name} ({agent.codec.fingerprint}), {rate}, weights "
+              f"{settings.weights} ({agent.model_fingerprint}), input {config.min_size}/{config.max_size}")
         if resume:
             print(f"{PROG}: resuming: {spool.depth()[0]} frame(s) spooled, source from frame {source.start}")
         results = ResultLog(settings.out, resume=resume)
@@ -297,18 +306,6 @@ def _front_half(settings: EdgeSettings, config: ModelConfig, archs: tuple[str, .
         log.info("exporting the front half to %s (once per backbone and input size)", path)
         export_onnx(front, path)
     return load_onnx_front(path, threads=settings.threads or 0)
-
-
-def _budgeted_coder(settings: EdgeSettings, bundle: ModelBundle | None, agent: EdgeAgent) -> BudgetedCoder:
-    """MFIBA rate control for ``--budget`` or ``--max-kbps``: profile (checked against codec and backbone), MFIP
-    mode, controller; under ``--max-kbps`` the budget is set before every frame (:class:`LinkBudget`)."""
-    assert settings.profile is not None
-    profile = load_profile(settings.profile)
-    profile.check_compatible(agent.codec, agent.model_fingerprint)
-    importance = make_importance(settings.mfip, bundle=bundle, codec=agent.codec, tasks=agent.tasks,
-                                 predictor=profile.fast_predictor)
-    budget = parse_budget(settings.budget) if settings.budget is not None else Budget("bits", 1.0, None, "link")
-    return BudgetedCoder(RateController(agent.codec, profile), importance, budget)
 
 
 def _model_config(settings: EdgeSettings, caps: pb.Capabilities) -> ModelConfig:

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ..shared.codec import FeatureCodec, available_codecs, codec_has_weights, make_codec
+from ..shared.codec import DEFAULT_LEARNED_CODEC, FeatureCodec, available_codecs, codec_has_weights, make_codec
 from ..shared.errors import WeightsError
-from ..shared.mfiba import parse_budget, parse_mfip_mode
+from ..shared.mfiba import parse_budget, parse_mfip_mode, shipped_profiles
 from ..shared.model import TASKS
 from ..shared.wire.convert import MAX_ID_LENGTH
 from .client import DEFAULT_MAX_FRAME_BYTES
@@ -27,16 +27,18 @@ class EdgeSettings(BaseSettings):
 
     Attributes:
         server: ``host:port`` of the cloud's gRPC endpoint.
-        weights: ``random:SEED``, ``coco``, ``synthetic`` or a checkpoint path; must match the cloud's.
+        weights: ``synthetic`` (default), ``coco``, ``random:SEED`` or a checkpoint path; must match the cloud's.
         tasks: tasks asked of the cloud, comma-separated in the environment (``FPNLINK_EDGE_TASKS=detect,segment``).
-        codec: a registered codec name.
+        codec: a registered codec name (default: the cross-scale learned codec).
         codec_checkpoint: weights file of a codec that loads one (``learned``); its shipped default when
             unset. The cloud must serve the same file.
-        phi: rate parameter for every scale; the codec's default when unset.
-        budget: frame budget (``0.05bpp``, ``30KB``, ``2Mbps@10fps``): MFIBA picks phi per scale and frame
-            (needs ``profile``; excludes ``phi``).
+        phi: rate parameter for every scale (fixed rate; excludes ``budget``).
+        budget: frame budget (``0.05bpp``, ``30KB``, ``2Mbps@10fps``): MFIBA picks phi per scale and frame.
+            With neither set: ``operating_point.DEFAULT_BUDGET`` where a profile is at hand, else the
+            codec's default phi.
         mfip: how scale importance is found under a budget: ``full``, ``fast``, ``uniform``, ``fixed:w2,w3,w4,w5``.
-        profile: MFIBA profile from ``fpnlink mfiba calibrate`` for this codec and backbone.
+        profile: MFIBA profile from ``fpnlink mfiba calibrate`` for this codec and backbone; the one shipped
+            for them when unset.
         min_size, max_size: network-input resize; the cloud's (from its capabilities) when unset.
         out: JSON Lines results file; none written when unset.
         threads: torch intra-op threads; torch's default when unset.
@@ -55,7 +57,7 @@ class EdgeSettings(BaseSettings):
         backend: the front half on ``torch`` or ``onnxruntime``; onnx: the exported model for the latter
             (exported next to the spool when unset).
         max_kbps: link-adaptive rate: ``R`` (kbps), ``auto`` or ``auto:R``; MFIBA's per-frame budget becomes the
-            rate over the source's frame rate (needs ``profile``; excludes ``budget`` and ``phi``).
+            rate over the source's frame rate (needs a profile; excludes ``budget`` and ``phi``).
         metrics_port: serve Prometheus metrics on this port (0: any free one).
         tls_ca: PEM CA that signed the cloud's certificate; TLS when set.
         tls_cert, tls_key: this device's PEM client certificate and key (mutual TLS); the certificate's
@@ -67,9 +69,9 @@ class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FPNLINK_EDGE_", extra="forbid")
 
     server: str = "localhost:50051"
-    weights: str = "random:0"
+    weights: str = "synthetic"
     tasks: Annotated[list[str], NoDecode] = ["detect"]
-    codec: str = "quant"
+    codec: str = DEFAULT_LEARNED_CODEC
     codec_checkpoint: Path | None = None
     phi: float | None = None
     budget: str | None = None
@@ -154,10 +156,12 @@ class EdgeSettings(BaseSettings):
             parse_max_kbps(self.max_kbps)
             if self.budget is not None or self.phi is not None:
                 raise ValueError("max_kbps sets the budget itself: drop budget and phi")
-            if self.profile is None:
-                raise ValueError("max_kbps needs an MFIBA profile (--profile, from `fpnlink mfiba calibrate`)")
-        if self.budget is not None and self.profile is None:
-            raise ValueError("a budget needs an MFIBA profile (--profile, from `fpnlink mfiba calibrate`)")
+        budgeted = "max_kbps" if self.max_kbps is not None else "a budget" if self.budget is not None else None
+        if budgeted and self.profile is None and self.codec not in {p.codec.name for p in shipped_profiles()}:
+            raise ValueError(f"{budgeted} needs an MFIBA profile and none ships for codec {self.codec}: give "
+                             "--profile (from `fpnlink mfiba calibrate`)")
+        if self.profile is not None and not self.profile.is_file():
+            raise ValueError(f"profile {self.profile} is not a file")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together (mutual TLS): give both or neither")
         if self.tls_cert is not None and self.tls_ca is None:

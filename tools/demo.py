@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from fpnlink.cloud.service import CloudService
 from fpnlink.cloud.settings import CloudSettings
 from fpnlink.edge import Client, EdgeAgent, EncodedFrame, ImageSource, SourceFrame
+from fpnlink.edge.operating_point import DEFAULT_BUDGET, budgeted_coder, choose_operating_point
 from fpnlink.edge.results import ResultLog
 from fpnlink.edge.spool import Spool
 from fpnlink.edge.stream import StreamLoop
@@ -116,7 +118,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if not bundle.trained:
         print(UNTRAINED_NOTICE.format(weights=bundle.weights))
     codec = make_codec(args.codec)
-    phi = codec.default_phi if args.phi is None else args.phi
     generate_scenes(out / "inputs", args.images, args.size, args.seed)
 
     settings = CloudSettings(host="127.0.0.1", grpc_port=0, http_port=0, weights=bundle.weights,
@@ -125,9 +126,16 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with CloudService(settings, bundle_loader=lambda _: bundle).run_in_background() as cloud:
         print(f"cloud up on loopback: gRPC :{cloud.grpc_port}, REST :{cloud.http_port} (weights {bundle.weights})")
-        print(f"operating point: codec {codec.name} ({codec.fingerprint}), phi {phi:g} on every scale, "
-              f"{config.min_size} px input")
         agent = EdgeAgent(bundle, codec, tasks, stream_id="demo")
+        try:
+            point = choose_operating_point(codec, agent.model_fingerprint, phi=args.phi, budget=args.budget)
+            rate_control = None if point.budget is None else \
+                budgeted_coder(point, codec, args.mfip, agent.tasks, bundle)
+        except ValueError as exc:
+            print(f"fpnlink demo: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"operating point: codec {codec.name} ({codec.fingerprint}), {point.describe()}"
+              f"{'' if rate_control is None else f' (MFIP {args.mfip})'}, {config.min_size} px input")
         rows: list[dict] = []
 
         def on_encoded(taken: SourceFrame, encoded: EncodedFrame) -> dict:
@@ -148,7 +156,8 @@ def run_demo(args: argparse.Namespace) -> int:
             results = ResultLog(out / "results.jsonl", resume=False)
             try:
                 StreamLoop(agent, ImageSource(out / "inputs"), spool, client, results,
-                           phi=dict.fromkeys("0123", phi), on_encoded=on_encoded, on_row=on_row,
+                           phi=None if point.phi is None else dict.fromkeys("0123", point.phi),
+                           rate_control=rate_control, on_encoded=on_encoded, on_row=on_row,
                            progress=False).run()
             finally:
                 results.close()
@@ -160,7 +169,9 @@ def run_demo(args: argparse.Namespace) -> int:
         "backbone_fingerprint": agent.model_fingerprint,
         "codec": codec.name,
         "codec_fingerprint": codec.fingerprint,
-        "phi": phi,
+        "phi": point.phi,
+        "budget": None if point.budget is None else point.budget.text,
+        "mfip": None if rate_control is None else args.mfip,
         "tasks": tasks,
         "image_size": args.size,
         "frames": len(rows),
@@ -189,7 +200,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="auto (synthetic if present, else random:0), synthetic, coco, random:SEED or a checkpoint")
     parser.add_argument("--codec", default=DEFAULT_LEARNED_CODEC, choices=available_codecs(),
                         help=f"feature codec (default {DEFAULT_LEARNED_CODEC}, with its shipped weights)")
-    parser.add_argument("--phi", type=float, default=None, help="rate parameter for every scale (codec default)")
+    parser.add_argument("--phi", type=float, default=None, help="fixed rate parameter for every scale instead of a budget")
+    parser.add_argument("--budget", default=None,
+                        help=f"MFIBA frame budget (default {DEFAULT_BUDGET} where a profile ships for the codec and "
+                             "weights, else the codec's default phi)")
+    parser.add_argument("--mfip", default="fast", help="scale importance under a budget: fast, full or uniform")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: detect,segment,keypoints")
     parser.add_argument("--images", type=int, default=4, help="number of generated scenes")
     parser.add_argument("--size", type=int, default=256,

@@ -23,7 +23,7 @@ from .importance import (
 from .loss_rate import CauchyFit, FitQuality, LossRateModel, QuadraticFit, fit_cauchy, fit_loss_rate, fit_quadratic
 from .profile import (
     PROFILE_FORMAT, SHIPPED_PROFILES, BackboneInfo, CodecInfo, Profile, load_profile, profile_from_dict,
-    shipped_profile,
+    shipped_profile, shipped_profiles,
 )
 from .rate_phi import RatePhiModel, fit_rate_phi
 from .task_loss import pseudo_ap, task_loss
@@ -36,5 +36,5 @@ __all__ = [
     "allocate", "calibrate", "closed_form_rates", "detect_phi_grid", "feature_stats", "fit_cauchy",
     "fit_loss_rate", "fit_quadratic", "fit_rate_phi", "load_profile", "make_importance", "model_loss",
     "normalise_losses", "parse_budget", "parse_mfip_mode", "profile_from_dict", "pseudo_ap", "quality_levels",
-    "shipped_profile", "task_loss", "train_fast_predictor",
+    "shipped_profile", "shipped_profiles", "task_loss", "train_fast_predictor",
 ]

@@ -328,10 +328,14 @@ def load_profile(path: str | Path) -> Profile:
         raise ValueError(f"invalid MFIBA profile {path}: {exc}") from None
 
 
+def shipped_profiles(folder: Path = SHIPPED_PROFILES) -> list[Profile]:
+    """Every profile shipped in ``folder``."""
+    return [load_profile(path) for path in sorted(folder.glob("*.json"))]
+
+
 def shipped_profile(codec: FeatureCodec, backbone_fingerprint: str, folder: Path = SHIPPED_PROFILES) -> Profile | None:
     """The shipped profile calibrated for exactly this codec and backbone, if there is one."""
-    for path in sorted(folder.glob("*.json")):
-        profile = load_profile(path)
+    for profile in shipped_profiles(folder):
         try:
             profile.check_compatible(codec, backbone_fingerprint)
         except FingerprintMismatchError:

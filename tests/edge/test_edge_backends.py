@@ -118,7 +118,7 @@ class TestCli:
         servicer.model_fingerprint = load_onnx_front(onnx_path).backbone_fingerprint
         out = tmp_path / "results.jsonl"
         assert main(["run", "--source", str(image_dir), "--server", target, "--backend", "onnxruntime",
-                     "--onnx", str(onnx_path), "--out", str(out), "--tasks", "detect,segment"]) == 0
+                     "--onnx", str(onnx_path), "--out", str(out), "--tasks", "detect,segment", "--codec", "quant"]) == 0
         assert len(out.read_text().splitlines()) == 2
 
     def test_onnx_for_other_sizes_is_refused(self, peer, onnx_path, image_dir, capsys):

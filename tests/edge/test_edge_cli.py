@@ -9,6 +9,7 @@ import pytest
 from fpnlink.edge.cli import main
 
 CLOUD_TOTAL_MS = 4.0  # the test peer's stage_ms["total"]
+TINY = ["--weights", "random:0", "--codec", "quant"]  # what the test peer serves (the defaults are synthetic, xscale)
 
 
 class TestUsageErrors:
@@ -16,11 +17,14 @@ class TestUsageErrors:
         (["--tasks", "detect,track"], "--tasks: tasks must be a comma-separated subset of detect,segment,keypoints"),
         (["--tasks", ""], "--tasks"),
         (["--codec", "jpeg"], "--codec: unknown codec 'jpeg'; choose one of"),
-        (["--phi", "12"], "phi must lie in [1.0, 8.0]"),
+        (["--phi", "12"], "xscale: phi must lie in [0.0, 4.0]"),
+        (["--codec", "quant", "--phi", "12"], "phi must lie in [1.0, 8.0]"),
         (["--min-size", "8"], "--min-size"),
         (["--threads", "0"], "--threads"),
         (["--codec-checkpoint", "/nonexistent/codec.pt", "--codec", "learned"], "is not a file"),
-        (["--codec-checkpoint", __file__], "codec 'quant' loads no weights"),
+        (["--codec", "quant", "--codec-checkpoint", __file__], "codec 'quant' loads no weights"),
+        (["--codec", "quant", "--budget", "0.1bpp"], "a budget needs an MFIBA profile and none ships for codec quant"),
+        (["--profile", "/nonexistent/profile.json"], "profile /nonexistent/profile.json is not a file"),
     ])
     def test_bad_values(self, image_dir, closed_target, capsys, extra, message):
         assert main(["run", "--source", str(image_dir), "--server", closed_target, *extra]) == 2
@@ -77,7 +81,7 @@ class TestAgainstPeer:
         (image_dir / "broken.png").write_bytes(b"junk")
         out = tmp_path / "run" / "results.jsonl"
         argv = ["run", "--source", str(image_dir), "--server", target, "--tasks", "detect,segment",
-                "--codec", "quant", "--phi", "4", "--out", str(out), "--stream-id", "cam-7"]
+                "--weights", "random:0", "--codec", "quant", "--phi", "4", "--out", str(out), "--stream-id", "cam-7"]
         assert main(argv) == 0
         captured = capsys.readouterr()
         lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -98,7 +102,7 @@ class TestAgainstPeer:
         servicer, target, _ = peer
         servicer.model_fingerprint = tiny_bundle.backbone_fingerprint_for(["detect"])
         servicer.fail_ids = {1, 2}
-        assert main(["run", "--source", str(image_dir), "--server", target]) == 1
+        assert main(["run", "--source", str(image_dir), "--server", target, *TINY]) == 1
         captured = capsys.readouterr()
         assert "ERROR INVALID_ARGUMENT" in captured.out and "every frame failed in the cloud" in captured.err
 
@@ -121,7 +125,7 @@ class TestSpoolErrors:
         servicer, target, _ = peer
         servicer.model_fingerprint = tiny_bundle.backbone_fingerprint_for(["detect"])
         out = tmp_path / "results.jsonl"
-        argv = ["run", "--source", str(image_dir), "--server", target, "--out", str(out)]
+        argv = ["run", "--source", str(image_dir), "--server", target, "--out", str(out), *TINY]
         assert main(argv) == 0 and main(argv) == 0
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert [line["image"] for line in lines] == ["a.png", "b.png"]  # the file starts afresh, the source too

@@ -52,7 +52,7 @@ class TestLinkRate:
             LinkRate(0.0, auto=False)
 
     @pytest.mark.parametrize("extra, message", [
-        (["--max-kbps", "800"], "max_kbps needs an MFIBA profile"),
+        (["--max-kbps", "800", "--codec", "quant"], "max_kbps needs an MFIBA profile and none ships for codec quant"),
         (["--max-kbps", "nope"], "max_kbps must be a number"),
         (["--max-kbps", "800", "--phi", "4"], "drop budget and phi"),
     ])

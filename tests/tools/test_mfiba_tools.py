@@ -12,8 +12,10 @@ from pydantic import ValidationError
 
 from fpnlink.edge import EdgeAgent
 from fpnlink.edge.cli import main as edge_main
+from fpnlink.edge.operating_point import DEFAULT_BUDGET, budgeted_coder, choose_operating_point
 from fpnlink.edge.settings import EdgeSettings
 from fpnlink.shared.codec import make_codec
+from fpnlink.shared.errors import FingerprintMismatchError
 from fpnlink.shared.mfiba import BudgetedCoder, RateController, load_profile, parse_budget
 from fpnlink.shared.model import TRANSMITTED_SCALES
 from fpnlink.tools.cli import main
@@ -131,8 +133,36 @@ class TestEdgeBudget:
         assert all(phi == 1.0 for phi in records[0]["phi"].values())
         assert len([m for m in caplog.messages if "below what codec quant needs" in m]) == 1
 
+    def test_operating_point_defaults_to_a_budget_where_a_profile_is_at_hand(self, profile_path, tiny_bundle):
+        codec = make_codec("quant")
+        backbone = tiny_bundle.backbone_fingerprint_for(["detect"])
+        point = choose_operating_point(codec, backbone, profile_path=profile_path)
+        assert point.phi is None and point.budget == parse_budget(DEFAULT_BUDGET)
+        assert point.profile.to_dict() == load_profile(profile_path).to_dict()
+        assert point.describe() == f"budget {DEFAULT_BUDGET}, MFIBA profile {profile_path}"
+        coder = budgeted_coder(point, codec, "fast", ["detect"])
+        assert coder.budget == point.budget
+        assert choose_operating_point(codec, backbone, budget="30KB", profile_path=profile_path).budget.value == 240e3
+        assert choose_operating_point(codec, backbone, phi=3.0, profile_path=profile_path).phi == 3.0
+        fallback = choose_operating_point(codec, backbone)  # no quant profile ships
+        assert fallback.phi == codec.default_phi and fallback.budget is None
+        assert fallback.describe() == f"phi {codec.default_phi:g} on every scale"
+
+    def test_operating_point_refusals(self, profile_path, tiny_bundle):
+        codec = make_codec("quant")
+        backbone = tiny_bundle.backbone_fingerprint_for(["detect"])
+        with pytest.raises(ValueError, match="no MFIBA profile ships for codec quant"):
+            choose_operating_point(codec, backbone, budget="0.1bpp")
+        with pytest.raises(ValueError, match="no MFIBA profile ships for codec quant"):
+            choose_operating_point(codec, backbone, link_adaptive=True)
+        with pytest.raises(FingerprintMismatchError):
+            choose_operating_point(codec, "0000000000000000", profile_path=profile_path)
+        with pytest.raises(ValueError, match="no rate control"):
+            budgeted_coder(choose_operating_point(codec, backbone, phi=3.0), codec, "fast", ["detect"])
+
     @pytest.mark.parametrize("flags, message", [
-        ({"budget": "0.5bpp"}, "needs an MFIBA profile"),
+        ({"budget": "0.5bpp", "codec": "quant"}, "needs an MFIBA profile and none ships for codec quant"),
+        ({"max_kbps": "800", "codec": "quant"}, "max_kbps needs an MFIBA profile"),
         ({"budget": "0.5bpp", "profile": "p.json", "phi": 4.0}, "either phi"),
         ({"budget": "lots", "profile": "p.json"}, "cannot parse budget"),
         ({"mfip": "slow"}, "unknown MFIP mode"),
@@ -142,7 +172,8 @@ class TestEdgeBudget:
             EdgeSettings(**flags)
 
     def test_cli_usage_errors(self, image_dir, profile_path, tmp_path, capsys):
-        assert edge_main(["run", "--source", str(image_dir), "--server", "localhost:1", "--budget", "0.5bpp"]) == 2
+        assert edge_main(["run", "--source", str(image_dir), "--server", "localhost:1", "--budget", "0.5bpp",
+                          "--codec", "quant"]) == 2
         assert "needs an MFIBA profile" in capsys.readouterr().err
         assert edge_main(["run", "--source", str(image_dir), "--server", "localhost:1", "--budget", "2Mbps",
                           "--profile", str(profile_path)]) == 2
