@@ -14,17 +14,23 @@ from typing import Any
 import pytest
 import torch
 
+from fpnlink.edge.operating_point import DEFAULT_BUDGET
+from fpnlink.shared.codec.xscale import TINY_CHECKPOINT
+from fpnlink.shared.mfiba import parse_budget
+from fpnlink.shared.mfiba.control import DEFAULT_TOLERANCE
 from fpnlink.shared.model import ModelConfig, load_bundle
 from fpnlink.tools import image_coding
 from fpnlink.tools.bench import rd, rd_report
 from fpnlink.tools.cli import build_parser
-from fpnlink.tools.evaluation import METRICS
+from fpnlink.tools.evaluation import METRICS, load_dataset
 from fpnlink.tools.synth import generate_dataset
 
 SIZE = 64
 NET = 32
 """Network input side: the 64 px images are resized to 32 px, which keeps the RPN and box head cheap."""
 RATE_POINTS = 2
+EDGE_SIZE = 96
+"""Image side of the edge-default run: at 64 px, DEFAULT_BUDGET is below the tiny codec's lowest rate."""
 
 
 def _no_nan(value: str) -> Any:
@@ -51,6 +57,26 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
     return json.loads(json_path.read_text(), parse_constant=_no_nan), out, json_path
 
 
+@pytest.fixture(scope="module")
+def edge_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, Path]:
+    """Only ``--configs edge_default``, on the shipped tiny xscale checkpoint; returns the report, out and data."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = tmp_path_factory.mktemp("edge_data")
+        generate_dataset(data, n=4, size=EDGE_SIZE, seed=1, val_fraction=0.5, test_fraction=0.0, progress=False)
+        out = tmp_path_factory.mktemp("edge_report")
+        settings = rd.RdSettings(
+            data=data, weights="random:0", out=out, quick=True, images=2, learned_codec="xscale",
+            learned_ckpt=str(TINY_CHECKPOINT), size=NET, calib_images=1, mfip_levels=3, detections_per_img=2,
+            configs=("edge_default",), progress=False, command="test",
+        )
+        rd.run_rd_bench(settings)
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "rd.json").read_text(), parse_constant=_no_nan), out, data
+
+
 class TestMiniatureRun:
     def test_files_written(self, report: tuple[dict[str, Any], Path, Path]) -> None:
         _, out, json_path = report
@@ -70,10 +96,11 @@ class TestMiniatureRun:
     def test_every_configuration_has_points_or_a_reason(self, report: tuple[dict[str, Any], Path, Path]) -> None:
         data, _, _ = report
         assert set(data["configs"]) == set(rd_report.CONFIGS)
-        learned = data["configs"]["learned_uniform"]
-        assert learned["points"] == [] and "--learned-ckpt none" in learned["skipped"]
+        for name in ("learned_uniform", "edge_default"):
+            skipped = data["configs"][name]
+            assert skipped["points"] == [] and "--learned-ckpt none" in skipped["skipped"], name
         for name, entry in data["configs"].items():
-            if name == "learned_uniform":
+            if name in ("learned_uniform", "edge_default"):
                 continue
             assert entry["skipped"] is None, name
             assert len(entry["points"]) == (1 if name == "raw16" else RATE_POINTS), name
@@ -90,6 +117,11 @@ class TestMiniatureRun:
             for detail in entry["detail"]:
                 assert math.isfinite(detail["rate_control"]["budget_error_median"])
         assert data["bd_rate_percent"]["mfiba_vs_uniform_configs"] == ["mfiba_full", "quant_uniform"]
+
+    def test_edge_default_needs_the_learned_codec(self, report: tuple[dict[str, Any], Path, Path]) -> None:
+        data, out, _ = report
+        assert data["edge_default"]["ran"] is False and "--learned-ckpt none" in data["edge_default"]["reason"]
+        assert "## Edge default operating point\n\nSkipped: " in (out / "report.md").read_text()
 
     def test_bd_rates_are_finite_or_null_with_reason(self, report: tuple[dict[str, Any], Path, Path]) -> None:
         bd = report[0]["bd_rate_percent"]
@@ -121,11 +153,62 @@ class TestMiniatureRun:
             assert stages[stage]["n"] > 0 and math.isfinite(stages[stage]["median_ms"]), stage
 
 
+class TestEdgeDefault:
+    def test_only_the_requested_configuration_runs(self, edge_report: tuple[dict[str, Any], Path, Path]) -> None:
+        configs = edge_report[0]["configs"]
+        assert [n for n, e in configs.items() if not e["skipped"]] == ["edge_default"]
+        assert configs["jpeg"]["skipped"] == "not requested (--configs)"
+
+    def test_one_point_on_the_learned_codec(self, edge_report: tuple[dict[str, Any], Path, Path]) -> None:
+        entry = edge_report[0]["configs"]["edge_default"]
+        assert entry["label"] == rd_report.LABELS["edge_default"] and DEFAULT_BUDGET in entry["label"]
+        assert entry["codec"] == "xscale" and len(entry["points"]) == 1 == len(entry["detail"])
+        bpp, *aps = entry["points"][0]
+        assert math.isfinite(bpp) and bpp > 0 and len(aps) == len(METRICS)
+        assert entry["detail"][0]["setting"] == {"budget": DEFAULT_BUDGET, "mfip": "fast"}
+
+    def test_frames_honour_the_default_budget(self, edge_report: tuple[dict[str, Any], Path, Path]) -> None:
+        detail = edge_report[0]["configs"]["edge_default"]["detail"][0]
+        budget = parse_budget(DEFAULT_BUDGET).bits_per_frame((EDGE_SIZE, EDGE_SIZE))
+        control = detail["rate_control"]
+        assert control["budget_bits_mean"] == pytest.approx(budget)
+        assert control["infeasible_frames"] == 0 and control["budget_error_median"] <= DEFAULT_TOLERANCE
+        assert 8 * detail["bytes_per_frame"] == pytest.approx(budget, rel=0.1)
+        assert detail["bpp"] == pytest.approx(parse_budget(DEFAULT_BUDGET).value, rel=0.1)
+
+    def test_bytes_against_a_quality_75_jpeg(self, edge_report: tuple[dict[str, Any], Path, Path]) -> None:
+        data, out, root = edge_report
+        dataset = load_dataset(root, "val", 2)
+        jpeg75 = [len(image_coding.encode_image(dataset.image_array(i), "JPEG", 75)) for i in dataset.image_ids]
+        edge = data["edge_default"]
+        assert edge["ran"] and edge["jpeg75_bytes_per_frame"] == pytest.approx(sum(jpeg75) / len(jpeg75))
+        frame_bytes = data["configs"]["edge_default"]["detail"][0]["bytes_per_frame"]
+        assert edge["bytes_vs_jpeg75"] == pytest.approx(frame_bytes / edge["jpeg75_bytes_per_frame"])
+        assert edge["meets_targets"]["bytes_vs_jpeg75"] == (edge["bytes_vs_jpeg75"] <= 0.5)
+        assert set(edge["ap_delta_vs_uncompressed"]) == set(METRICS)
+        text = (out / "report.md").read_text()
+        assert "## Edge default operating point" in text and "quality-75 JPEG" in text
+
+    def test_summary_of_a_report(self) -> None:
+        entry = {"skipped": None, "detail": [{
+            "setting": {"budget": "0.5bpp"}, "bytes_per_frame": 400.0,
+            "ap": {"box": 0.29, "mask": None, "keypoint": 0.1},
+            "rate_control": {"budget_bits_mean": 3000.0, "budget_error_median": 0.01}}]}
+        edge = rd_report.edge_default_summary(entry, {"box": 0.3, "mask": None, "keypoint": 0.2}, [900, 1100])
+        assert edge["bytes_vs_jpeg75"] == pytest.approx(0.4)
+        assert edge["ap_delta_vs_uncompressed"] == {"box": pytest.approx(-0.01), "mask": None,
+                                                    "keypoint": pytest.approx(-0.1)}
+        assert edge["meets_targets"] == {"bytes_vs_jpeg75": True, "box_ap_delta": True}
+        skipped = rd_report.edge_default_summary({"skipped": "no codec", "detail": []}, {}, [])
+        assert skipped == {"ran": False, "reason": "no codec"}
+
+
 class TestPieces:
     def test_registered_under_bench(self) -> None:
         args = build_parser().parse_args(["bench", "rd", "--data", "d", "--weights", "random:0", "--out", "o",
                                           "--quick", "--rate-points", "2"])
         assert args.func is rd._run and args.rate_points == 2
+        assert "edge_default" in args.configs.split(",")  # runs by default
 
     def test_spread_keeps_both_ends(self) -> None:
         assert rd.spread(rd.QUANT_BITS, 2) == [2, 8]

@@ -11,6 +11,11 @@ Configurations, each at several rate points on a dataset split (``val`` by defau
         mfiba_fast       allocation, full or fast MFIP; each frame's budget = the bytes (c) (or (b)) spent
                          on that frame at the same rate point
     (e) jpeg, webp       the image itself at several qualities (PIL); the cloud runs the whole model
+    (f) edge_default     the edge's default operating point (one point): MFIBA's learned codec and profile, fast
+                         MFIP, each stream's frame budget ``fpnlink.edge.operating_point.DEFAULT_BUDGET`` of the
+                         original image (not matched to (c)); skipped (with the reason) without the learned codec.
+                         The report sets its bytes against a quality-75 JPEG of the same images (coded for this
+                         ratio only: the jpeg curve has no q75 point) and its AP against the uncompressed features'
 
 How one image flows (a "stream" is the set of architectures sharing one backbone: one stream for an
 fpnlink bundle, three for torchvision's COCO weights)::
@@ -59,10 +64,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from fpnlink.edge.operating_point import DEFAULT_BUDGET
 from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, FeatureCodec, make_codec
 from fpnlink.shared.errors import FpnlinkError
 from fpnlink.shared.imageio import to_tensor
-from fpnlink.shared.mfiba import FullMfip, Profile, RateController, calibrate, load_profile, quality_levels
+from fpnlink.shared.mfiba import (
+    FullMfip, Importance, Profile, RateController, calibrate, load_profile, parse_budget, quality_levels,
+)
 from fpnlink.shared.model import (
     TASK_ARCH, TRANSMITTED_SCALES, CloudHalf, EdgeHalf, ModelBundle, ModelConfig, load_bundle, shared_cloud_half,
 )
@@ -72,11 +80,16 @@ from ..image_coding import decode_image, encode_image
 from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset
 from ..devices import resolve_device
 from .common import machine, median_ms, write_json
-from .rd_report import CONFIGS, LABELS, bd_rate_report, render_markdown, write_plots
+from .rd_report import CONFIGS, LABELS, bd_rate_report, edge_default_summary, render_markdown, write_plots
 
 IMAGE_FORMATS: dict[str, str] = {"jpeg": "JPEG", "webp": "WEBP"}
 QUANT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 IMAGE_QUALITIES: tuple[int, ...] = (5, 10, 20, 30, 50, 70, 90)
+REFERENCE_JPEG_QUALITY = 75
+"""The JPEG quality the edge default's bytes are compared with (not on the jpeg curve: coded separately)."""
+EDGE_BUDGET = parse_budget(DEFAULT_BUDGET)
+MFIBA_CONFIGS: tuple[str, ...] = ("mfiba_full", "mfiba_fast", "edge_default")
+"""The configurations coded by an :class:`MfibaSetup`'s rate controllers."""
 DEFAULTS: dict[bool, dict[str, int | None]] = {
     True: {"images": 8, "rate_points": 3, "calib_images": 2},  # quick
     False: {"images": None, "rate_points": 5, "calib_images": 8},
@@ -234,7 +247,8 @@ class StageTimer:
 
 @dataclass
 class MfibaSetup:
-    """MFIBA for one stream: the codec, its uniform anchor, the profile and one controller per (mode, point)."""
+    """MFIBA for one stream: the codec, its uniform anchor, the profile and one controller per (mode, point),
+    ``("edge_default", 0)`` included."""
 
     codec: FeatureCodec
     anchor: str
@@ -274,7 +288,7 @@ class RdBench:
         wanted = self._choose_codecs()
         self._rate_settings(int(s.default("rate_points")))
         self.mfiba: dict[int, MfibaSetup] = {}
-        if wanted & {"mfiba_full", "mfiba_fast"}:
+        if (wanted - set(self.skipped)) & set(MFIBA_CONFIGS):
             self._setup_mfiba()
         self.configs = [c for c in CONFIGS if c in wanted and c not in self.skipped]
 
@@ -294,12 +308,15 @@ class RdBench:
         self.skipped: dict[str, str] = {}
         self.codecs: dict[str, FeatureCodec] = {"raw16": make_codec("raw16"), "quant_uniform": make_codec("quant")}
         learned, reason = None, None
-        if wanted & {"learned_uniform", "mfiba_full", "mfiba_fast"}:
+        if wanted & {"learned_uniform", *MFIBA_CONFIGS}:
             learned, reason = load_learned(self.s.learned_ckpt, self.device, self.s.learned_codec)
         if learned is not None:
             self.codecs["learned_uniform"] = learned
-        elif "learned_uniform" in wanted:
-            self.skipped["learned_uniform"] = reason or "not available"
+        else:
+            if "learned_uniform" in wanted:
+                self.skipped["learned_uniform"] = reason or "not available"
+            if "edge_default" in wanted:
+                self.skipped["edge_default"] = f"the edge default runs the learned codec: {reason or 'not available'}"
         self.anchor = "learned_uniform" if learned is not None else "quant_uniform"
         if wanted & {"mfiba_full", "mfiba_fast"}:
             if self.anchor not in wanted:
@@ -322,6 +339,7 @@ class RdBench:
         for name in ("mfiba_full", "mfiba_fast"):
             self.settings_of[name] = [{"budget_of": self.anchor, "point": i}
                                       for i in range(len(self.settings_of[self.anchor]))]
+        self.settings_of["edge_default"] = [{"budget": DEFAULT_BUDGET, "mfip": "fast"}]
         for name in IMAGE_FORMATS:
             self.settings_of[name] = [{"quality": float(q)} for q in spread(IMAGE_QUALITIES, count)]
 
@@ -335,12 +353,13 @@ class RdBench:
                 self.mfiba[stream.index] = self._prepare_mfiba(stream, codec, self.anchor, given)
         except ValueError as exc:
             self.mfiba.clear()
-            for name in ("mfiba_full", "mfiba_fast"):
-                self.skipped[name] = f"MFIBA profile unavailable: {exc}"
+            for name in MFIBA_CONFIGS:
+                self.skipped.setdefault(name, f"MFIBA profile unavailable: {exc}")
             return
         no_fast = [m.fast_reason for m in self.mfiba.values() if m.fast_reason]
         if no_fast:  # every stream must have one, or the frames of some stream would be missing
-            self.skipped["mfiba_fast"] = no_fast[0]
+            for name in ("mfiba_fast", "edge_default"):
+                self.skipped.setdefault(name, no_fast[0])
 
     def _calibration_images(self, count: int) -> tuple[Iterator[tuple[str, Tensor]], str]:
         root = self.s.data
@@ -388,6 +407,7 @@ class RdBench:
         for mode in ("full", "fast"):
             for point in range(len(self.settings_of[anchor])):
                 setup.controllers[mode, point] = RateController(codec, profile)
+        setup.controllers["edge_default", 0] = RateController(codec, profile)
         return setup
 
     # -------------------------------------------------------------------------------------- per image
@@ -403,6 +423,7 @@ class RdBench:
         self.task_bytes: dict[Key, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.sizes: list[tuple[int, int]] = []
         self.raw_bytes: list[int] = []
+        self.jpeg75_bytes: list[int] = []
         self.mfiba_log: dict[Key, list[dict[str, Any]]] = defaultdict(list)
         self.mfip_weights: dict[str, list[dict[str, float]]] = defaultdict(list)
         ids = self.dataset.image_ids
@@ -438,6 +459,8 @@ class RdBench:
                 for metric in METRICS:
                     self.task_bytes[key][metric].append(len(data))
                 decoded_images.append((key, decoded))
+        if "edge_default" in self.configs:
+            self.jpeg75_bytes.append(len(encode_image(array, "JPEG", REFERENCE_JPEG_QUALITY)))
         stream_bytes: dict[Key, int] = defaultdict(int)
         for stream in self.streams:
             variants = self._stream_variants(stream, index, image, decoded_images, stream_bytes)
@@ -466,6 +489,15 @@ class RdBench:
                 self.task_bytes[key][metric].append(nbytes)
             return nbytes
 
+        def budgeted(key: Key, setup: MfibaSetup, controller: RateController, weights: dict[str, float],
+                     budget: float) -> None:
+            result = self.timer.run(f"{key[0]}_rate_control", lambda: controller.code(features, weights, budget))
+            nbytes = send(key, setup.codec, result.records, result.planned_bits)
+            controller.observe_frame(nbytes)
+            self.mfiba_log[key].append({
+                "budget_bits": budget, "frame_bits": 8 * nbytes, "phi": result.phi, "passes": result.passes,
+                "feasible": result.allocation.feasible, "saturated": result.allocation.saturated})
+
         for name in ("raw16", "quant_uniform", "learned_uniform"):
             if name not in self.configs:
                 continue
@@ -478,30 +510,32 @@ class RdBench:
                     anchor_bytes[point] = nbytes
         setup = self.mfiba.get(stream.index)
         if setup is not None:
+            importance = self._importance(setup, features, sizes)
             for mode in ("full", "fast"):
                 name = f"mfiba_{mode}"
-                if name not in self.configs:
-                    continue
-                if mode == "full":
-                    importance = self.timer.run("mfip_full", lambda: setup.full(features, input_sizes, original_sizes))
-                else:
-                    predictor = setup.profile.fast_predictor
-                    importance = self.timer.run("mfip_fast", lambda: predictor.importance(features))
-                self.mfip_weights[mode].append(dict(importance.weights))
-                for point in range(len(self.settings_of[name])):
-                    budget = 8.0 * anchor_bytes[point]
-                    controller = setup.controllers[mode, point]
-                    result = self.timer.run(f"{name}_rate_control",
-                                            lambda: controller.code(features, importance.weights, budget))
-                    nbytes = send((name, point), setup.codec, result.records, result.planned_bits)
-                    controller.observe_frame(nbytes)
-                    self.mfiba_log[name, point].append({
-                        "budget_bits": budget, "frame_bits": 8 * nbytes, "phi": result.phi, "passes": result.passes,
-                        "feasible": result.allocation.feasible, "saturated": result.allocation.saturated})
+                if name in self.configs:
+                    for point in range(len(self.settings_of[name])):
+                        budgeted((name, point), setup, setup.controllers[mode, point], importance[mode].weights,
+                                 8.0 * anchor_bytes[point])
+            if "edge_default" in self.configs:
+                budgeted(("edge_default", 0), setup, setup.controllers["edge_default", 0], importance["fast"].weights,
+                         EDGE_BUDGET.bits_per_frame(original_sizes[0]))
         for key, decoded in decoded_images:
             image_features, image_inputs, image_originals = self.timer.run("backbone", lambda: stream.edge([decoded]))
             variants.append((key, image_features, (image_inputs, image_originals)))
         return variants
+
+    def _importance(self, setup: MfibaSetup, features: dict[str, Tensor], sizes: tuple) -> dict[str, Importance]:
+        """MFIP of one image in each mode a running configuration needs (fast: mfiba_fast and edge_default)."""
+        out: dict[str, Importance] = {}
+        if "mfiba_full" in self.configs:
+            out["full"] = self.timer.run("mfip_full", lambda: setup.full(features, *sizes))
+        if {"mfiba_fast", "edge_default"} & set(self.configs):
+            predictor = setup.profile.fast_predictor
+            out["fast"] = self.timer.run("mfip_fast", lambda: predictor.importance(features))
+        for mode, importance in out.items():
+            self.mfip_weights[mode].append(dict(importance.weights))
+        return out
 
     def _run_heads(self, stream: Stream, variants: list[tuple[Key, dict[str, Tensor], tuple]], image_id: int) -> None:
         """All variants of one image through each cloud half, ``max_batch`` at a time (the RPN and ROI
@@ -545,7 +579,7 @@ class RdBench:
             entry: dict[str, Any] = {"label": LABELS[name], "kind": "image" if name in IMAGE_FORMATS else "features",
                                      "skipped": self.skipped.get(name), "points": [], "detail": []}
             codec = self.codecs.get(name)
-            if name.startswith("mfiba") and self.mfiba:
+            if name in MFIBA_CONFIGS and self.mfiba:
                 codec = next(iter(self.mfiba.values())).codec
             if codec is not None:
                 entry.update(codec=codec.name, codec_fingerprint=codec.fingerprint)
@@ -562,7 +596,7 @@ class RdBench:
                     entry["points"].append(row)
                     detail = {"setting": setting, **rate, "ap": {m: scores.get(m, {}).get("ap") for m in METRICS},
                               "ap50": {m: scores.get(m, {}).get("ap50") for m in METRICS}}
-                    if name.startswith("mfiba"):
+                    if name in MFIBA_CONFIGS:
                         detail["rate_control"] = _mfiba_point_summary(self.mfiba_log[key])
                     entry["detail"].append(detail)
             configs[name] = entry
@@ -588,6 +622,7 @@ class RdBench:
             "raw_fp32_feature_bytes_per_frame": float(np.mean(self.raw_bytes)) if self.raw_bytes else None,
             "configs": configs,
             "mfiba": self._mfiba_info(),
+            "edge_default": edge_default_summary(configs["edge_default"], ap_uncompressed, self.jpeg75_bytes),
             "timings_ms": self.timer.summary(),
             "notes": self.notes,
             "machine": machine(),
@@ -620,6 +655,7 @@ def _mfiba_point_summary(log: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [(e["frame_bits"] - e["budget_bits"]) / e["budget_bits"] for e in log]
     names = list(log[0]["phi"]) if log else []
     return {
+        "budget_bits_mean": float(np.mean([e["budget_bits"] for e in log])) if log else None,
         "budget_error_median": float(statistics.median(abs(e) for e in errors)) if errors else None,
         "budget_error_mean_signed": float(np.mean(errors)) if errors else None,
         "phi_mean": {n: float(np.mean([e["phi"][n] for e in log])) for n in names},
@@ -681,7 +717,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:
-    parser = bench_subparsers.add_parser("rd", help="AP against bpp: raw16, quant, learned, MFIBA, JPEG/WebP",
+    parser = bench_subparsers.add_parser("rd", help="AP against bpp: raw16, quant, learned, MFIBA, JPEG/WebP, "
+                                                    "the edge default",
                                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="synthetic dataset or COCO 2017 folder")
     parser.add_argument("--weights", required=True, help="random:SEED, synthetic, coco or a bundle path")

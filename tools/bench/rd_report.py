@@ -6,13 +6,17 @@ tested (and re-rendered from a saved ``rd.json``) without running a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from fpnlink.edge.operating_point import DEFAULT_BUDGET
 
 from ..bd_rate import bd_rate_checked
 from ..evaluation import METRICS
 
-CONFIGS: tuple[str, ...] = ("raw16", "quant_uniform", "learned_uniform", "mfiba_full", "mfiba_fast", "jpeg", "webp")
+CONFIGS: tuple[str, ...] = ("raw16", "quant_uniform", "learned_uniform", "mfiba_full", "mfiba_fast", "jpeg", "webp",
+                            "edge_default")
 LABELS: dict[str, str] = {
     "raw16": "(a) raw16 features",
     "quant_uniform": "(b) quant, uniform phi",
@@ -21,8 +25,12 @@ LABELS: dict[str, str] = {
     "mfiba_fast": "(d) MFIBA, fast MFIP",
     "jpeg": "(e) JPEG image",
     "webp": "(e) WebP image",
+    "edge_default": f"(f) edge default: {DEFAULT_BUDGET}, fast MFIP",
 }
 BD_ANCHORS: tuple[str, ...] = ("learned_uniform", "quant_uniform", "jpeg", "webp")
+EDGE_TARGETS: dict[str, float] = {"bytes_vs_jpeg75_max": 0.5, "box_ap_delta_abs_max": 0.02}
+"""Product targets of the edge default: mean frame bytes at most half a quality-75 JPEG's, box AP within 0.02
+of the uncompressed features'."""
 
 
 # ---------------------------------------------------------------------------------------------- BD-rate
@@ -75,6 +83,57 @@ def bd_rate_report(configs: dict[str, Any]) -> dict[str, Any]:
     out["table"] = table
     out["table_reasons"] = table_reasons
     return out
+
+
+# ---------------------------------------------------------------------------------------------- edge default
+
+
+def edge_default_summary(entry: dict[str, Any], ap_uncompressed: dict[str, float | None],
+                         jpeg75_bytes: Sequence[int]) -> dict[str, Any]:
+    """The edge default's mean frame bytes against a quality-75 JPEG of the same images (``jpeg75_bytes``: file
+    bytes per image), its AP minus the uncompressed features' and :data:`EDGE_TARGETS`; the reason when skipped."""
+    if entry["skipped"]:
+        return {"ran": False, "reason": entry["skipped"]}
+    detail = entry["detail"][0]
+    jpeg75 = sum(jpeg75_bytes) / len(jpeg75_bytes)
+    ratio = detail["bytes_per_frame"] / jpeg75
+    ap = detail["ap"]
+    delta = {m: None if ap[m] is None or ap_uncompressed[m] is None else ap[m] - ap_uncompressed[m] for m in METRICS}
+    return {
+        "ran": True,
+        "budget": detail["setting"]["budget"],
+        "budget_bits_per_frame": detail["rate_control"]["budget_bits_mean"],
+        "budget_error_median": detail["rate_control"]["budget_error_median"],
+        "bytes_per_frame": detail["bytes_per_frame"],
+        "jpeg75_bytes_per_frame": jpeg75,
+        "bytes_vs_jpeg75": ratio,
+        "ap_delta_vs_uncompressed": delta,
+        "targets": EDGE_TARGETS,
+        "meets_targets": {"bytes_vs_jpeg75": ratio <= EDGE_TARGETS["bytes_vs_jpeg75_max"],
+                          "box_ap_delta": None if delta["box"] is None else
+                          abs(delta["box"]) <= EDGE_TARGETS["box_ap_delta_abs_max"]},
+    }
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "missed")
+
+
+def _edge_lines(edge: dict[str, Any], codec: str | None) -> list[str]:
+    if not edge["ran"]:
+        return [f"Skipped: {edge['reason']}."]
+    meets = edge["meets_targets"]
+    deltas = ", ".join(f"{m} {_fmt(edge['ap_delta_vs_uncompressed'][m])}" for m in METRICS)
+    return [
+        f"- budget {edge['budget']} ({_fmt(edge['budget_bits_per_frame'])} bits/frame), fast MFIP, codec {codec}: "
+        f"{_fmt(edge['bytes_per_frame'])} bytes/frame, |frame - budget| / budget median "
+        f"{_fmt(edge['budget_error_median'])}",
+        f"- against a quality-75 JPEG of the same images ({_fmt(edge['jpeg75_bytes_per_frame'])} bytes/frame): "
+        f"{_fmt(edge['bytes_vs_jpeg75'])} (target <= {EDGE_TARGETS['bytes_vs_jpeg75_max']:g}: "
+        f"{_verdict(meets['bytes_vs_jpeg75'])})",
+        f"- AP minus the uncompressed features': {deltas} (target: box within "
+        f"{EDGE_TARGETS['box_ap_delta_abs_max']:g}: {_verdict(meets['box_ap_delta'])})",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -130,7 +189,8 @@ def _learned_line(entry: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """``report.md``: setup, AP of the uncompressed features, every point, BD-rates, timings, notes."""
+    """``report.md``: setup, AP of the uncompressed features, every point, MFIBA, the edge default, BD-rates,
+    timings, notes."""
     data, weights = report["data"], report["weights"]
     lines = [
         "# fpnlink RD benchmark",
@@ -181,6 +241,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"- {name} point {d['setting']['point']}: |frame - budget| / budget median "
                              f"{_fmt(rc['budget_error_median'])}, mean phi "
                              + ", ".join(f"{k}: {v:.2f}" for k, v in rc["phi_mean"].items()))
+    lines += ["", "## Edge default operating point", ""]
+    lines += _edge_lines(report["edge_default"], report["configs"]["edge_default"].get("codec"))
     bd = report["bd_rate_percent"]
     lines += ["", "## BD-rate (percent; negative = fewer bits for the same AP)", "",
               f"Method: {bd['method']}.", "",
