@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..codec.base import FeatureCodec, ScaleRecord
+from ..model.shared_pass import shared_cloud_half
 from ..model.split import TRANSMITTED_SCALES, CloudHalf
 from ..model.zoo import TASK_ARCH, ModelBundle
 from .task_loss import task_loss
@@ -144,7 +145,8 @@ class FullMfip:
     """Full MFIP: precode, batched heads, pseudo-AP losses (see the module docstring).
 
     Args:
-        bundle: the detectors whose heads judge the variants.
+        bundle: the detectors whose heads judge the variants (one shared pass where they share RPN and box
+            head: :func:`fpnlink.shared.model.shared_cloud_half`).
         codec: the codec whose distortion is measured.
         tasks: which tasks' losses count (mean over them); each task's architecture runs once.
         levels: phi per quality level, or how many to spread over ``codec.phi_range``.
@@ -153,9 +155,12 @@ class FullMfip:
 
     def __init__(self, bundle: ModelBundle, codec: FeatureCodec, tasks: Sequence[str] = ("detect",),
                  levels: int | Sequence[float] = DEFAULT_LEVELS, max_batch: int | None = None) -> None:
-        archs = bundle.archs_for(list(tasks))
+        archs = list(dict.fromkeys(bundle.archs_for(list(tasks))))
         self.tasks = list(dict.fromkeys(tasks))
-        self.heads: dict[str, CloudHalf] = {arch: bundle.cloud_half(arch).eval() for arch in dict.fromkeys(archs)}
+        shared = shared_cloud_half([bundle.models[arch] for arch in archs])
+        self.archs = archs
+        self.heads: dict[str, CloudHalf] = {"shared": shared.eval()} if shared is not None else \
+            {arch: bundle.cloud_half(arch).eval() for arch in archs}
         self.codec = codec
         self.levels = quality_levels(codec.phi_range, levels) if isinstance(levels, int) else tuple(map(float, levels))
         if not 1 <= len(self.levels) <= MAX_LEVELS:
@@ -204,8 +209,10 @@ class FullMfip:
         for i, name in enumerate(names):
             for j in range(m):
                 batched[name][1 + i * m + j] = decoded[name][j][0]
-        outputs = {arch: self._run_heads(heads, batched, variants, image_sizes[0], original_sizes[0])
-                   for arch, heads in self.heads.items()}
+        outputs = {name: self._run_heads(heads, batched, variants, image_sizes[0], original_sizes[0])
+                   for name, heads in self.heads.items()}
+        if "shared" in outputs:  # one pass answers every architecture
+            outputs = dict.fromkeys(self.archs, outputs["shared"])
         headed = time.perf_counter()
 
         losses = np.zeros((len(names), m))

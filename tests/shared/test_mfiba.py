@@ -20,7 +20,7 @@ from fpnlink.shared.mfiba import (
 )
 from fpnlink.shared.mfiba.allocate import numeric_rates
 from fpnlink.shared.mfiba.calibration import detect_phi_grid, rate_points
-from fpnlink.shared.model import TRANSMITTED_SCALES
+from fpnlink.shared.model import TASKS, TRANSMITTED_SCALES
 
 NAMES = list(TRANSMITTED_SCALES)
 POSITIONS = {n: 4096 // 4**i for i, n in enumerate(NAMES)}
@@ -311,6 +311,22 @@ class TestFullMfip:
             hook.remove()
         assert batches == [2, 2, 1]  # the reference and 4 variants in chunks of 2
         assert sum(chunked.weights.values()) == pytest.approx(1.0)
+
+    def test_one_shared_pass_scores_every_task_as_the_separate_halves_do(self, synthetic_bundle):
+        from fpnlink.tools.synth import render_scene
+
+        image, _ = render_scene(np.random.default_rng([42, 9]), 128)
+        with torch.inference_mode():
+            features, image_sizes, original_sizes = synthetic_bundle.edge_half(["detect"])(
+                [torch.from_numpy(image).permute(2, 0, 1).float() / 255])
+        mfip = FullMfip(synthetic_bundle, make_codec("quant"), TASKS, levels=2)
+        assert list(mfip.heads) == ["shared"]
+        shared = mfip(features, image_sizes, original_sizes)
+        mfip.heads = {arch: synthetic_bundle.cloud_half(arch).eval() for arch in mfip.archs}
+        separate = mfip(features, image_sizes, original_sizes)
+        for name in NAMES:
+            assert shared.losses[name] == pytest.approx(separate.losses[name], abs=1e-6)
+        assert shared.weights == pytest.approx(separate.weights, abs=1e-6)
 
     def test_bad_levels(self, tiny_bundle):
         with pytest.raises(ValueError, match="phi must lie"):

@@ -40,16 +40,6 @@ class TestSplit:
         torch.testing.assert_close(recompute_pool(full["3"]), full["pool"], rtol=0, atol=0)
 
 
-SHARED_CONFIG = ModelConfig(min_size=128, max_size=128, detections_per_img=5, score_thresh=0.0)
-"""Tiny input, and every top-5 detection kept so that the comparisons have boxes to compare."""
-
-
-@pytest.fixture(scope="module")
-def synthetic_bundle():
-    """fpnlink's reference weights: one backbone, RPN and box head shared by the three tasks."""
-    return load_bundle("synthetic", SHARED_CONFIG)
-
-
 def assert_same_outputs(got: dict, expected: dict, arch: str) -> None:
     """The shared pass gives ``arch``'s own cloud-half output (boxes, scores, keypoints within 1e-4)."""
     assert len(expected["boxes"]) > 0, arch
@@ -86,8 +76,8 @@ class TestSharedPass:
             for arch in archs:
                 assert_same_outputs(got, synthetic_bundle.cloud_half(arch)(features, sizes, originals)[0], arch)
 
-    def test_random_heads_tied_by_hand_share(self, tiny_image):
-        bundle = load_bundle("random:0", SHARED_CONFIG, archs=("faster", "mask"))
+    def test_random_heads_tied_by_hand_share(self, synthetic_bundle, tiny_image):
+        bundle = load_bundle("random:0", synthetic_bundle.config, archs=("faster", "mask"))
         faster, mask = bundle.models["faster"], bundle.models["mask"]
         mask.rpn.load_state_dict(faster.rpn.state_dict())
         mask.roi_heads.box_head.load_state_dict(faster.roi_heads.box_head.state_dict())

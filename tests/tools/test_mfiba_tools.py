@@ -38,7 +38,7 @@ def profile_path(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("profile") / "profile.json"
     code = main(["mfiba", "calibrate", "--data", str(image_dir), "--weights", "random:0", "--codec", "quant",
                  "--out", str(out), "--images", "2", "--levels", "2", "--min-size", "128", "--max-size", "128",
-                 "--threads", "2", "--no-progress"])
+                 "--detections", "10", "--threads", "2", "--no-progress"])
     assert code == 0
     return out
 
