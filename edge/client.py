@@ -216,7 +216,9 @@ class Client:
                 status = self._health_status(max(remaining, 0.05))
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     return
-                last = f"health status {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
+                last = (f"the cloud answers but is not ready (health status "
+                        f"{health_pb2.HealthCheckResponse.ServingStatus.Name(status)}: models still loading or its "
+                        "results store unavailable; its /readyz gives the reason)")
             except LinkError as exc:
                 if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise

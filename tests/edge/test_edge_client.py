@@ -54,7 +54,8 @@ class TestReady:
     def test_not_serving_times_out_naming_the_status(self, peer):
         _, target, health_servicer = peer
         health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        with Client(target) as client, pytest.raises(LinkError, match="NOT_SERVING"):
+        not_ready = "answers but is not ready \\(health status NOT_SERVING"
+        with Client(target) as client, pytest.raises(LinkError, match=not_ready):
             client.wait_ready(timeout_s=0.5)
 
     def test_overall_status_when_service_is_not_registered(self, serve):
