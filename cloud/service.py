@@ -320,8 +320,11 @@ class CloudService:
         else:
             self._engine = engine
             await self._sync_health()  # SERVING, unless the store went down meanwhile
-            logger.info("engine ready: weights %r, tasks %s, codecs %s", engine.bundle.weights, engine.tasks,
-                        sorted(engine.codecs))
+            bundle = engine.bundle
+            logger.info("engine ready: weights %r (backbone %s), input %d/%d, device %s, tasks %s, codecs %s",
+                        bundle.weights, ",".join(sorted(set(bundle.backbone_fingerprints.values()))),
+                        bundle.config.min_size, bundle.config.max_size, engine.device, engine.tasks,
+                        ", ".join(f"{name} ({codec.fingerprint})" for name, codec in sorted(engine.codecs.items())))
         finally:
             self._settled.set()
 

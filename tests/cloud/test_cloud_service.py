@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from fpnlink.cloud import CloudEngine, CloudService, CloudSettings
 from fpnlink.cloud.server import SERVICE_NAME
+from fpnlink.cloud.service import logger as service_logger
+from fpnlink.shared.codec import make_codec
 from fpnlink.shared.codec.learned import TINY_CHECKPOINT, LearnedCodec
 from fpnlink.shared.errors import WeightsError
 from fpnlink.shared.wire import pb, pb_grpc
@@ -27,7 +29,7 @@ def _health(target: str) -> int:
 
 
 class TestReadiness:
-    def test_not_ready_until_setup_is_done(self, tiny_bundle, edge_output):
+    def test_not_ready_until_setup_is_done(self, tiny_bundle, edge_output, caplog):
         release = threading.Event()
 
         def slow_loader(settings: CloudSettings):
@@ -35,6 +37,7 @@ class TestReadiness:
             return tiny_bundle
 
         service = CloudService(loopback_settings(), bundle_loader=slow_loader)
+        caplog.set_level("INFO", logger=service_logger.name)
         with service.run_in_background(wait_ready=False) as handle, httpx.Client(base_url=handle.http_url) as http:
             try:
                 self._check_not_ready(handle, http, make_frame(edge_output, 81, codec="quant"))
@@ -44,6 +47,10 @@ class TestReadiness:
             assert http.get("/readyz").status_code == 200
             assert _health(handle.grpc_target) == health_pb2.HealthCheckResponse.SERVING
             assert "fpnlink_cloud_ready 1.0" in http.get("/metrics").text
+        [ready] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine ready")]
+        backbones = ",".join(sorted(set(tiny_bundle.backbone_fingerprints.values())))
+        assert f"weights 'random:0' (backbone {backbones}), input 128/128, device cpu" in ready  # its operating point
+        assert f"quant ({make_codec('quant').fingerprint})" in ready
 
     @staticmethod
     def _check_not_ready(handle, http: httpx.Client, frame: pb.FeatureFrame) -> None:
