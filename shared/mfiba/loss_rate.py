@@ -31,6 +31,8 @@ from scipy.optimize import least_squares
 MIN_SAMPLES = 3
 """Fewest usable samples (``w > 0``, ``R > 0``) a fit accepts."""
 BETA_BOUNDS = (1e-4, 20.0)
+LOG_ALPHA_BOUND = 60.0
+"""Bound on log(alpha) in the fit's rate units (rates over their geometric mean)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ def fit_cauchy(weights: Sequence[float], losses: Sequence[float], rates: Sequenc
         start = np.array([intercept, float(np.clip(-slope, *BETA_BOUNDS))])
     else:
         start = np.array([math.log(max(float(np.mean(d / w)), 1e-12)), 1.0])
+    start[0] = float(np.clip(start[0], -LOG_ALPHA_BOUND / 2, LOG_ALPHA_BOUND / 2))  # least_squares starts inside
     start[1] = float(np.clip(start[1], BETA_BOUNDS[0] * 2, BETA_BOUNDS[1] / 2))
 
     def residuals(params: np.ndarray) -> np.ndarray:
@@ -134,7 +137,7 @@ def fit_cauchy(weights: Sequence[float], losses: Sequence[float], rates: Sequenc
         model = w * np.exp(params[0]) * x ** -params[1]
         return np.stack([model, -model * np.log(x)], axis=1)
 
-    result = least_squares(residuals, start, jac=jacobian, bounds=([-60.0, BETA_BOUNDS[0]], [60.0, BETA_BOUNDS[1]]),
+    result = least_squares(residuals, start, jac=jacobian, bounds=([-LOG_ALPHA_BOUND, BETA_BOUNDS[0]], [LOG_ALPHA_BOUND, BETA_BOUNDS[1]]),
                            xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=2000)
     log_alpha_scaled, beta = (float(v) for v in result.x)
     alpha = math.exp(log_alpha_scaled) * scale**beta  # alpha' (R/scale)^-beta = alpha R^-beta

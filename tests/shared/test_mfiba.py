@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from fpnlink.shared.mfiba import (
     quality_levels, shipped_profile, train_fast_predictor,
 )
 from fpnlink.shared.mfiba.allocate import numeric_rates
+from fpnlink.shared.mfiba.loss_rate import BETA_BOUNDS
 from fpnlink.shared.mfiba.calibration import detect_phi_grid, rate_points
 from fpnlink.shared.model import TASKS, TRANSMITTED_SCALES
 
@@ -184,6 +186,12 @@ class TestLossRate:
         for i, n in enumerate(NAMES):
             assert model.scales[n].beta == pytest.approx(0.4 + 0.2 * i, rel=1e-5)
         assert set(model.quadratic) == {"global", *NAMES}
+
+    def test_extreme_log_linear_start_stays_inside_the_bounds(self):
+        # A near-zero importance weight with a real loss puts the log-linear start far above log(alpha)'s bound.
+        w, d, r = [1e-30, 1e-30, 0.5, 0.5], [0.5, 0.4, 0.3, 0.2], [1.0, 2.0, 4.0, 8.0]
+        fit = fit_cauchy(w, d, r)
+        assert math.isfinite(fit.alpha) and fit.alpha > 0 and BETA_BOUNDS[0] <= fit.beta <= BETA_BOUNDS[1]
 
     def test_too_few_samples(self):
         with pytest.raises(ValueError, match="at least 3"):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fpnlink.edge.operating_point import DEFAULT_BUDGET, choose_operating_point
 from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, make_codec
 from fpnlink.shared.codec.learned import SYNTHETIC_CHECKPOINT
 from fpnlink.shared.codec.xscale import SYNTHETIC_CHECKPOINT as XSCALE_CHECKPOINT
+from fpnlink.shared.mfiba import parse_budget, shipped_profile
 from fpnlink.shared.model import ModelBundle, ModelConfig, load_bundle
 from fpnlink.shared.model.assets import SYNTHETIC_DIR, read_asset
 
@@ -45,3 +47,14 @@ def test_shipped_xscale_codec_serves_the_shipped_backbone(synthetic: ModelBundle
     assert codec.name == "xscale" and codec.checkpoint == XSCALE_CHECKPOINT
     assert codec.trained_backbone == synthetic.backbone_weight_fingerprints["faster"]
     codec.check_backbone(set(synthetic.backbone_weight_fingerprints.values()))  # raises WeightsError on a mismatch
+
+
+def test_shipped_mfiba_profile_is_the_default_for_xscale_on_synthetic() -> None:
+    codec = make_codec(DEFAULT_LEARNED_CODEC)
+    config = ModelConfig(min_size=256, max_size=256)  # the size the synthetic weights are trained and served at
+    backbone = load_bundle("synthetic", config).backbone_fingerprint_for(TASKS)
+    profile = shipped_profile(codec, backbone)
+    assert profile is not None and list(profile.tasks) == TASKS and profile.fast_predictor is not None
+    assert profile.calibration["images"] >= 100
+    point = choose_operating_point(codec, backbone)  # what `fpnlink-edge run` does with no --phi, --budget, --profile
+    assert point.budget == parse_budget(DEFAULT_BUDGET) and point.profile_source == "shipped"

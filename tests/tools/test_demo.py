@@ -23,7 +23,10 @@ def test_demo_writes_summary_results_and_annotated_images(tmp_path, capsys):
     scene = np.asarray(Image.open(out / "inputs" / "scene000.png").convert("RGB"))
     assert summary["per_frame"][0]["jpeg75_bytes"] == len(encode_image(scene, "JPEG", 75))
     assert summary["bytes_over_jpeg75"] == round(summary["total_frame_bytes"] / summary["total_jpeg75_bytes"], 3)
-    assert f"features / JPEG = {summary['bytes_over_jpeg75']:.3f}" in capsys.readouterr().out
+    assert summary["phi"] == 4.0 and summary["budget"] is None and summary["mfip"] is None
+    printed = capsys.readouterr().out
+    assert f"features / JPEG = {summary['bytes_over_jpeg75']:.3f}" in printed
+    assert "operating point: codec quant" in printed and "phi 4 on every scale, 128 px input" in printed
     lines = (out / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["frame_id"] for line in lines] == [1, 2]
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["scene000.png", "scene001.png"]
