@@ -16,6 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,10 +102,17 @@ class FeatureCodec(ABC):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def check_phi(self, phi: float) -> float:
+        """``phi`` as the codec uses it: rounded to float32, the precision of ``ScaleRecord.phi`` on the wire,
+        so that a payload's header and its record carry the same value.
+
+        Raises:
+            ValueError: outside :attr:`phi_range`.
+        """
         low, high = self.phi_range
-        if not low <= phi <= high:
+        value = float(np.float32(phi))
+        if not low <= value <= high:
             raise ValueError(f"{self.name}: phi must lie in [{low}, {high}], got {phi}")
-        return float(phi)
+        return value
 
     def encode(self, features: dict[str, Tensor], phi: dict[str, float] | None = None) -> list[ScaleRecord]:
         """Code each scale of one frame.

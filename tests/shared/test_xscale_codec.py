@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from payload_fuzz import fuzzed_payloads
@@ -17,6 +18,8 @@ from fpnlink.shared.codec.container import unpack
 from fpnlink.shared.codec.crossscale import CrossScaleConfig, CrossScaleHyperprior
 from fpnlink.shared.codec.xscale import TINY_CHECKPOINT
 from fpnlink.shared.errors import CodecError, WeightsError
+from fpnlink.shared.wire import pb
+from fpnlink.shared.wire.convert import FrameHeader, build_frame, parse_frame
 
 SCALES = ("0", "1", "2", "3")
 
@@ -50,6 +53,17 @@ class TestRoundTrip:
         for name in SCALES:
             assert decoded[name].shape == features[name].shape
             assert _relative_error(decoded, features, name) < 0.5
+
+    def test_any_phi_survives_the_wire(self, codec, features):
+        # Rate control picks phi such as 3.525815366170543; the wire's ScaleRecord.phi is a float32.
+        phi = {name: 1.0 + 1 / 3 + index / 7 for index, name in enumerate(SCALES)}
+        records = codec.encode(features, phi)
+        header = FrameHeader("s", 1, 0, (96, 128), (96, 128), "0" * 16, ["detect"], codec.name, codec.fingerprint)
+        frame = pb.FeatureFrame.FromString(build_frame(header, records).SerializeToString())
+        _, received = parse_frame(frame)
+        decoded, local = codec.decode(received), codec.decode(records)
+        assert [r.phi for r in received] == [r.phi for r in records] == [float(np.float32(phi[n])) for n in SCALES]
+        assert all(torch.equal(decoded[n], local[n]) for n in SCALES)
 
     def test_records_in_any_order(self, codec, features):
         records = codec.encode(features, dict.fromkeys(SCALES, 1.5))
