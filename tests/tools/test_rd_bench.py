@@ -91,7 +91,7 @@ class TestMiniatureRun:
         assert {"weights", "ap_uncompressed", "configs", "bd_rate_percent", "timings_ms", "mfiba"} <= set(data)
         assert data["weights"]["name"] == "random:0" and len(data["weights"]["fingerprint"]) == 16
         assert set(data["ap_uncompressed"]) == set(METRICS)
-        assert data["data"]["images"] == 2
+        assert data["data"]["images"] == 2 and data["bd_rate_percent"]["images"] == 2
 
     def test_every_configuration_has_points_or_a_reason(self, report: tuple[dict[str, Any], Path, Path]) -> None:
         data, _, _ = report
@@ -256,7 +256,7 @@ class TestBdRateReport:
         configs["learned_uniform"] = _entry(None, reason="no checkpoint")
         configs["mfiba_full"] = _entry(cheaper, codec="quant")
         configs["mfiba_fast"] = _entry(curve, codec="quant")
-        bd = rd_report.bd_rate_report(configs)
+        bd = rd_report.bd_rate_report(configs, 8)
         assert bd["mfiba_vs_uniform_configs"] == ["mfiba_full", "quant_uniform"]
         assert bd["mfiba_vs_uniform"] == {m: pytest.approx(-20.0) for m in METRICS}
         assert bd["mfiba_fast_vs_uniform"] == {m: pytest.approx(0.0) for m in METRICS}
@@ -267,7 +267,7 @@ class TestBdRateReport:
 
     def test_flat_curves_are_null_with_reason(self) -> None:
         configs = {name: _entry([(0.1, 0.0), (0.2, 0.0)], codec="learned") for name in rd_report.CONFIGS}
-        bd = rd_report.bd_rate_report(configs)
+        bd = rd_report.bd_rate_report(configs, 8)
         assert bd["mfiba_vs_uniform_configs"] == ["mfiba_full", "learned_uniform"]
         assert bd["mfiba_vs_uniform"]["box"] is None
         assert "rising quality" in bd["reasons"]["mfiba_vs_uniform"]["box"]

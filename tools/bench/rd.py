@@ -628,7 +628,7 @@ class RdBench:
             "machine": machine(),
             "wall_s": round(wall_s, 1),
         }
-        report["bd_rate_percent"] = bd_rate_report(configs)
+        report["bd_rate_percent"] = bd_rate_report(configs, len(self.dataset.image_ids))
         return report
 
     def _mfiba_info(self) -> dict[str, Any]:

@@ -52,13 +52,14 @@ def bd_between(configs: dict[str, Any], anchor: str, test: str, metric: str) -> 
     return (None if value is None else round(value, 3)), (None if reason is None else f"{test} vs {anchor}: {reason}")
 
 
-def bd_rate_report(configs: dict[str, Any]) -> dict[str, Any]:
-    """The headline BD-rates and the full table (every configuration against each anchor, per task)."""
+def bd_rate_report(configs: dict[str, Any], images: int) -> dict[str, Any]:
+    """The headline BD-rates and the full table (every configuration against each anchor, per task), with the
+    number of images every rate point rests on."""
     mfiba_codec = configs["mfiba_full"].get("codec") or configs["mfiba_fast"].get("codec")
     uniform = "learned_uniform" if mfiba_codec not in (None, "quant") else "quant_uniform"
     features = next((c for c in ("mfiba_full", "mfiba_fast", "learned_uniform", "quant_uniform")
                      if not configs[c]["skipped"]), "mfiba_full")
-    out: dict[str, Any] = {"method": "pchip over log10(bpp), monotone envelope of each curve",
+    out: dict[str, Any] = {"method": "pchip over log10(bpp), monotone envelope of each curve", "images": images,
                            "mfiba_vs_uniform_configs": ["mfiba_full", uniform],
                            "mfiba_fast_vs_uniform_configs": ["mfiba_fast", uniform],
                            "features_vs_jpeg_configs": [features, "jpeg"],
@@ -245,7 +246,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _edge_lines(report["edge_default"], report["configs"]["edge_default"].get("codec"))
     bd = report["bd_rate_percent"]
     lines += ["", "## BD-rate (percent; negative = fewer bits for the same AP)", "",
-              f"Method: {bd['method']}.", "",
+              f"Method: {bd['method']}; every point rests on {bd['images']} images.", "",
               "| headline | configurations | box | mask | keypoint |", "|---|---|---|---|---|"]
     for headline in ("mfiba_vs_uniform", "mfiba_fast_vs_uniform", "features_vs_jpeg", "features_vs_webp"):
         test, anchor = bd[f"{headline}_configs"]
