@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 from fpnlink.cloud.metrics import CloudMetrics
 from fpnlink.shared.wire import pb
-from fpnlink.tools.bench.load import batch_histogram, rss_report
+from fpnlink.tools.bench.common import comma_choices
+from fpnlink.tools.bench.load import PHASES, batch_histogram, rss_report
 from fpnlink.tools.bench.loadgen import stamp
+from fpnlink.tools.cli import main
 
 
 def test_batch_histogram_counts_batches_per_size():
@@ -29,3 +35,18 @@ def test_stamp_changes_only_the_ids():
     stamped = pb.FeatureFrame.FromString(stamp(template, "load-3", 42))
     assert (stamped.stream_id, stamped.frame_id, list(stamped.tasks)) == ("load-3", 42, [pb.DETECT])
     assert template.frame_id == 1
+
+
+def test_comma_choices_parses_a_subset_and_refuses_the_rest():
+    parse = comma_choices(PHASES)
+    assert parse("unbatched, batched,unbatched") == ["unbatched", "batched"]
+    for bad in ("batched,nope", ",", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="known: \\['batched', 'unbatched'\\]"):
+            parse(bad)
+
+
+def test_bench_cli_refuses_unknown_choices(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "load", "--phases", "batched,nope", "--json", "x.json"])
+    assert exited.value.code == 2
+    assert "argument --phases: unknown ['nope']" in capsys.readouterr().err

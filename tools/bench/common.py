@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,3 +44,14 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
     partial = path.with_suffix(path.suffix + ".partial")
     partial.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     partial.replace(path)
+
+
+def comma_choices(known: Collection[str]) -> Callable[[str], list[str]]:
+    """An argparse ``type``: a non-empty comma-separated subset of ``known``, as a list in the given order."""
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(known))
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {unknown} in {text!r}; known: {sorted(known)}")
+        return list(dict.fromkeys(names))
+    return parse
