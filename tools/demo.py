@@ -31,11 +31,9 @@ from fpnlink.shared.imageio import decode_image, to_tensor
 from fpnlink.shared.model import TASKS, ModelBundle, ModelConfig, load_bundle
 
 from .draw import annotate
-from .image_coding import encode_image
+from .image_coding import REFERENCE_JPEG_QUALITY, encode_image
 from .synth import render_scene
 
-JPEG_QUALITY = 75
-"""The image upload the demo compares every frame with."""
 UNTRAINED_NOTICE = (
     "\n" + "!" * 96 + "\n"
     "!!  UNTRAINED WEIGHTS ({weights}): detections below are noise from a randomly initialised model.\n"
@@ -67,7 +65,7 @@ def generate_scenes(out_dir: Path, count: int, size: int, seed: int) -> list[tup
     return scenes
 
 
-def jpeg_bytes(image: torch.Tensor, quality: int = JPEG_QUALITY) -> int:
+def jpeg_bytes(image: torch.Tensor, quality: int = REFERENCE_JPEG_QUALITY) -> int:
     """Size of a ``[3, H, W]`` float image in [0, 1] as a JPEG file."""
     array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return len(encode_image(array, "JPEG", quality))

@@ -9,6 +9,9 @@ from PIL import Image
 
 from fpnlink.shared.imageio import decode_array
 
+REFERENCE_JPEG_QUALITY = 75
+"""The image upload fpnlink's feature frames are compared with (the demo's table, ``bench rd``'s edge default)."""
+
 
 def encode_image(array: np.ndarray, fmt: str, quality: int) -> bytes:
     """``[H, W, 3]`` uint8 RGB as a JPEG or WebP file (PIL, 4:2:0, Huffman-optimised JPEG)."""

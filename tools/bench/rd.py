@@ -76,7 +76,7 @@ from fpnlink.shared.model import (
 )
 from fpnlink.shared.wire import FrameHeader, build_frame
 
-from ..image_coding import decode_image, encode_image
+from ..image_coding import REFERENCE_JPEG_QUALITY, decode_image, encode_image
 from ..evaluation import ARCH_METRIC, METRICS, ApAccumulator, bits_per_pixel, kbps, load_dataset
 from ..devices import resolve_device
 from .common import machine, median_ms, write_json
@@ -85,8 +85,6 @@ from .rd_report import CONFIGS, LABELS, bd_rate_report, edge_default_summary, re
 IMAGE_FORMATS: dict[str, str] = {"jpeg": "JPEG", "webp": "WEBP"}
 QUANT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 IMAGE_QUALITIES: tuple[int, ...] = (5, 10, 20, 30, 50, 70, 90)
-REFERENCE_JPEG_QUALITY = 75
-"""The JPEG quality the edge default's bytes are compared with (not on the jpeg curve: coded separately)."""
 EDGE_BUDGET = parse_budget(DEFAULT_BUDGET)
 MFIBA_CONFIGS: tuple[str, ...] = ("mfiba_full", "mfiba_fast", "edge_default")
 """The configurations coded by an :class:`MfibaSetup`'s rate controllers."""
