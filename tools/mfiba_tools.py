@@ -98,7 +98,7 @@ def summary(profile: Profile) -> str:
     cal = profile.calibration
     lines = [
         f"profile: codec {profile.codec.name} ({profile.codec.fingerprint}, phi {list(profile.codec.phi_range)}, "
-        f"{profile.codec.phi_grid} grid), backbone {profile.backbone.weights} ({profile.backbone.fingerprint}), "
+        f"{profile.codec.phi_grid} grid, starve phi {profile.codec.starve_phi}), backbone {profile.backbone.weights} ({profile.backbone.fingerprint}), "
         f"input {profile.backbone.min_size}/{profile.backbone.max_size}, tasks {','.join(profile.tasks)}",
         f"calibration: {cal.get('images', '?')} image(s) from {cal.get('data') or '?'}, levels {cal.get('levels')}, "
         "mean weights " + ", ".join(f"{SCALE_NAMES.get(k, k)} {v:.3f}"
@@ -172,7 +172,7 @@ def write_plots(profile: Profile, out: Path) -> list[Path]:
 
     pairs = profile.samples.get("rate_phi", [])
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    low, high = profile.codec.phi_range
+    low, high = profile.codec.coded_phi_range
     grid = np.linspace(low, high, 200)
     for index, name in enumerate(scales):
         rows = np.array([[p, r] for n, p, r in pairs if n == name], dtype=np.float64)

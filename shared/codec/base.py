@@ -85,6 +85,9 @@ class FeatureCodec(ABC):
     default_phi: ClassVar[float]
     cross_scale: ClassVar[bool] = False
     """Decoding a scale needs the records of every coarser scale of the frame."""
+    starve_phi: float | None = None
+    """The ``phi`` at which a scale is not transmitted (a header only, the scale rebuilt from the coarser
+    ones); None: every ``phi`` codes the scale."""
 
     def config(self) -> dict[str, Any]:
         """Settings that change the bitstream; part of the fingerprint."""

@@ -118,8 +118,6 @@ class LearnedCodec(FeatureCodec):
     default_phi = 2.5
 
     default_checkpoint = DEFAULT_CHECKPOINT
-    starve_phi: float | None = None
-    """The ``phi`` at which a scale is not transmitted at all; None: every ``phi`` transmits."""
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> None:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else self.default_checkpoint

@@ -23,10 +23,19 @@ Budgets that cannot be met:
   (a stream keeps going at the lowest rate the codec has, and the caller reports it);
 - above the sum of the maxima: every scale gets its maximum and ``saturated=True`` (never an error:
   the codec simply cannot spend more).
+
+Codecs with a *starve* level (``FeatureCodec.starve_phi``: a header only, the scale rebuilt from the
+coarser ones) have a second, discrete choice per scale: a rate in ``[R_min, R_max]`` or the starve
+level's fixed bits, with nothing in between. Given ``starve_bits``, :func:`allocate` solves Eq. 6 over
+the coded scales of every subset of starved scales (``2^n``, 16 on an FPN) and keeps the feasible
+plan of least Eq. 3 loss, a starved scale counted at its starve rate. So a budget below what coding
+every scale costs starves the scales that matter least instead of planning rates the codec cannot
+reach.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -147,7 +156,7 @@ class Allocation:
         rates: scale -> planned bits per position.
         bits: scale -> planned bits (``rates * positions``).
         lam: the ``lambda'`` found (``inf`` when every scale sits at its minimum, 0 at its maximum).
-        clamped: scale -> ``'min'`` or ``'max'`` for scales held at a bound.
+        clamped: scale -> ``'min'`` or ``'max'`` for scales held at a bound, ``'starve'`` for starved ones.
         feasible: False when the budget was below the minimum and clamped (``on_infeasible='clamp'``).
         saturated: True when the budget exceeds what the codec can spend.
         budget_bits: the budget the plan was made for.
@@ -186,6 +195,7 @@ def allocate(
     positions: Mapping[str, int],
     budget_bits: float,
     on_infeasible: Literal["raise", "clamp"] = "raise",
+    starve_bits: Mapping[str, float] | None = None,
 ) -> Allocation:
     """Split ``budget_bits`` over scales by Eq. 6, with ``lambda'`` from bisection and feasible-range clamps.
 
@@ -195,11 +205,58 @@ def allocate(
         positions: scale -> ``S_i`` spatial positions; ``costs_i = S_i / S_0`` (``1/k^i`` on an FPN).
         budget_bits: bits the scales' payloads may use in total.
         on_infeasible: ``raise`` (default) or ``clamp`` for a budget below the sum of minima.
+        starve_bits: scale -> bits of the scale at the codec's starve level, for codecs that have one;
+            every scale may then be starved (see the module docstring). The minimum is then every
+            scale at the cheaper of its starve bits and ``S_i R_min``.
 
     Raises:
         InfeasibleBudgetError: the budget is below the minimum and ``on_infeasible='raise'``.
         ValueError: inconsistent scales, negative weights or a non-positive budget.
     """
+    if starve_bits is None:
+        return _allocate_coded(weights, models, positions, budget_bits, on_infeasible)
+    _check_inputs(weights, models, positions, budget_bits, on_infeasible)
+    names = list(weights)
+    if set(starve_bits) != set(names) or not all(math.isfinite(v) and v > 0 for v in starve_bits.values()):
+        raise ValueError(f"starve_bits must give every scale {names} positive, finite bits, got {dict(starve_bits)}")
+    best: Allocation | None = None
+    best_loss = math.inf
+    for pattern in itertools.product((False, True), repeat=len(names)):
+        starved = [n for n, s in zip(names, pattern) if s]
+        coded = [n for n, s in zip(names, pattern) if not s]
+        remaining = budget_bits - sum(starve_bits[n] for n in starved)
+        if remaining <= 0 or (coded and sum(weights[n] for n in coded) <= 0):
+            continue
+        if coded:
+            minimum = sum(models[n].r_min * positions[n] for n in coded)
+            if remaining < minimum * (1 - _REL_TOL):
+                continue
+            part = _allocate_coded({n: weights[n] for n in coded}, {n: models[n] for n in coded},
+                                   {n: positions[n] for n in coded}, remaining)
+        else:
+            part = Allocation(rates={}, bits={}, lam=math.inf, budget_bits=float(budget_bits))
+        plan = _with_starved(part, names, starved, starve_bits, positions, float(budget_bits))
+        loss = model_loss(weights, models, plan.rates)
+        if loss < best_loss:
+            best, best_loss = plan, loss
+    if best is not None:
+        return best
+    cheapest = [n for n in names if starve_bits[n] <= models[n].r_min * positions[n]]
+    minimum = sum(min(starve_bits[n], models[n].r_min * positions[n]) for n in names)
+    if on_infeasible == "raise":
+        raise InfeasibleBudgetError(
+            f"budget of {budget_bits:,.0f} bits is below the {minimum:,.0f} bits the codec needs with every "
+            f"scale at its cheapest (starved or at its lowest rate); raise the budget (or clamp with "
+            f"on_infeasible='clamp')")
+    coded = [n for n in names if n not in cheapest]
+    lowest = Allocation(rates={n: models[n].r_min for n in coded},
+                        bits={n: models[n].r_min * positions[n] for n in coded},
+                        lam=math.inf, clamped=dict.fromkeys(coded, "min"))
+    return _with_starved(lowest, names, cheapest, starve_bits, positions, float(budget_bits), feasible=False)
+
+
+def _check_inputs(weights: Mapping[str, float], models: Mapping[str, ScaleRateModel], positions: Mapping[str, int],
+                  budget_bits: float, on_infeasible: str) -> None:
     names = list(weights)
     if not names or set(names) != set(models) or set(names) != set(positions):
         raise ValueError(f"weights, models and positions must name the same scales, got {sorted(weights)}, "
@@ -211,14 +268,37 @@ def allocate(
     w = np.array([weights[n] for n in names], dtype=np.float64)
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights must be non-negative and not all zero, got {dict(weights)}")
+    if any(positions[n] <= 0 for n in names):
+        raise ValueError(f"positions must be positive, got {dict(positions)}")
+
+
+def _with_starved(part: Allocation, names: Sequence[str], starved: Sequence[str], starve_bits: Mapping[str, float],
+                  positions: Mapping[str, int], budget_bits: float, feasible: bool = True) -> Allocation:
+    """``part`` (a plan of the coded scales) completed with the starved scales at their fixed bits."""
+    rates = {**part.rates, **{n: starve_bits[n] / positions[n] for n in starved}}
+    bits = {**part.bits, **{n: float(starve_bits[n]) for n in starved}}
+    return Allocation(rates={n: rates[n] for n in names}, bits={n: bits[n] for n in names}, lam=part.lam,
+                      clamped={**part.clamped, **dict.fromkeys(starved, "starve")}, feasible=feasible,
+                      saturated=part.saturated, budget_bits=budget_bits)
+
+
+def _allocate_coded(
+    weights: Mapping[str, float],
+    models: Mapping[str, ScaleRateModel],
+    positions: Mapping[str, int],
+    budget_bits: float,
+    on_infeasible: Literal["raise", "clamp"] = "raise",
+) -> Allocation:
+    """:func:`allocate` with every scale coded (no starve option)."""
+    _check_inputs(weights, models, positions, budget_bits, on_infeasible)
+    names = list(weights)
+    w = np.array([weights[n] for n in names], dtype=np.float64)
     w = w / w.sum()
     a = np.array([models[n].alpha for n in names])
     b = np.array([models[n].beta for n in names])
     lo = np.array([models[n].r_min for n in names])
     hi = np.array([models[n].r_max for n in names])
     size = np.array([positions[n] for n in names], dtype=np.float64)
-    if (size <= 0).any():
-        raise ValueError(f"positions must be positive, got {dict(positions)}")
     costs = size / size[0]
 
     def plan(rates: np.ndarray, lam: float, **flags: bool) -> Allocation:

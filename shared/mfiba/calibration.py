@@ -15,7 +15,9 @@ then::
 Rates are bits per spatial position from real payload bytes. Whether the codec's phi only takes
 integer values is detected by coding the smallest scale at ``k``, ``k + 0.3``, ``k + 0.7`` and ``k + 1``
 for a few integers ``k``: identical payloads on both sides of each half step mean an integer grid;
-quality levels and rate points are then integers.
+quality levels and rate points are then integers. A codec's starve level (``starve_phi``) is a
+quality level of full MFIP but not a rate point: the rate-phi models cover the coded range above it
+(:attr:`.profile.CodecInfo.coded_phi_range`), and rate control treats starving as a discrete choice.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def calibrate(
     stats, labels = [], []
     timing: dict[str, list[float]] = {"backbone": [], "precode": [], "heads": [], "scoring": [], "mfip": [],
                                       "rate_points": []}
-    grid = None
+    codec_info: CodecInfo | None = None
     mfip: FullMfip | None = None
     phis: tuple[float, ...] = ()
     input_sizes = set()
@@ -122,7 +124,9 @@ def calibrate(
             grid = detect_phi_grid(codec, smallest, features[smallest])
             mfip = FullMfip(bundle, codec, tasks, quality_levels(codec.phi_range, levels, grid == "integer"),
                             max_batch=max_batch)
-            phis = rate_points(codec.phi_range, grid, points)
+            codec_info = CodecInfo(codec.name, codec.fingerprint,
+                                   (float(codec.phi_range[0]), float(codec.phi_range[1])), grid, codec.starve_phi)
+            phis = rate_points(codec_info.coded_phi_range, grid, points)
         result = mfip(features, image_sizes, original_sizes)
         degenerate += int(result.degenerate)
         for key in ("precode", "heads", "scoring"):
@@ -149,11 +153,11 @@ def calibrate(
         stats.append(feature_stats(features))
         labels.append([result.weights[n] for n in features])
         count += 1
-    if count == 0 or mfip is None or grid is None:
+    if count == 0 or mfip is None or codec_info is None:
         raise ValueError("calibration needs at least one image")
 
     loss_rate = fit_loss_rate(loss_samples)
-    rate_phi = {n: fit_rate_phi(p, r, codec.phi_range) for n, (p, r) in phi_samples.items()}
+    rate_phi = {n: fit_rate_phi(p, r, codec_info.coded_phi_range) for n, (p, r) in phi_samples.items()}
     scales = tuple(phi_samples)
     predictor = train_fast_predictor(np.array(stats), np.array(labels), scales)
     label_array = np.array(labels)
@@ -174,7 +178,7 @@ def calibrate(
     }
     config = bundle.config
     return Profile(
-        codec=CodecInfo(codec.name, codec.fingerprint, (float(codec.phi_range[0]), float(codec.phi_range[1])), grid),
+        codec=codec_info,
         backbone=BackboneInfo(bundle.weights, bundle.backbone_fingerprint_for(tasks), config.min_size,
                               config.max_size),
         tasks=tuple(tasks),

@@ -26,6 +26,11 @@ constant along phi (quant's 1-bit maps compress very differently from image to i
 model is trusted only near the point it was measured at. On 800x1216 scenes this cut the 95th
 percentile rate error from 8.5% to 3.4% (median 1.0% -> 0.9%) against searching around the re-plan.
 
+Codecs with a starve level (``profile.codec.starve_phi``) plan with it as a discrete option per scale
+(:func:`.allocate.allocate`'s ``starve_bits``, measured by encoding each scale at that level, which
+costs a header only): the rate-phi models cover only the coded range above it, where the codec has
+no rates between a starved scale's header and its lowest coded rate.
+
 Of the (at most) two encodings the one closer to the budget is sent. Budgets below what the codec can
 reach are clamped to its lowest rates (``Allocation.feasible`` is False), budgets above to its highest.
 """
@@ -134,25 +139,51 @@ class RateController:
         self.rho: dict[str, float] = {name: 1.0 for name in profile.scales}
         self.integer = profile.codec.phi_grid == "integer"
         self.correction_radius = correction_radius
+        self.starve_phi = None if self.integer else profile.codec.starve_phi
+        self._starve_bits: dict[tuple[str, tuple[int, ...]], int] = {}
         self._last_payload_bits: int | None = None
 
     # ------------------------------------------------------------------------------------------ planning
 
+    def starve_bits(self, features: Mapping[str, Tensor]) -> dict[str, int] | None:
+        """Payload bits of each scale at the starve level (None without one); measured once per shape."""
+        if self.starve_phi is None:
+            return None
+        out = {}
+        for name, tensor in features.items():
+            key = (name, tuple(tensor.shape))
+            if key not in self._starve_bits:
+                records = self.codec.encode({name: tensor}, {name: self.starve_phi})
+                self._starve_bits[key] = 8 * sum(len(r.payload) for r in records)
+            out[name] = self._starve_bits[key]
+        return out
+
+    def feasible_payload_bits(self, features: Mapping[str, Tensor]) -> tuple[float, float]:
+        """Payload bits of ``features`` with every scale at its cheapest option / at its highest modelled rate."""
+        positions = {n: int(t.shape[-2] * t.shape[-1]) for n, t in features.items()}
+        models = self.profile.rate_phi
+        lowest = {n: models[n].r_min * positions[n] for n in positions}
+        starve = self.starve_bits(features) or lowest
+        return (float(sum(min(lowest[n], starve[n]) for n in positions)),
+                float(sum(models[n].r_max * positions[n] for n in positions)))
+
     def plan(self, weights: Mapping[str, float], positions: Mapping[str, int], payload_budget: float,
              rho: Mapping[str, float], around: Mapping[str, float] | None = None,
-             ) -> tuple[Allocation, dict[str, float]]:
+             starve_bits: Mapping[str, int] | None = None) -> tuple[Allocation, dict[str, float]]:
         """Eq. 6 over the ``rho``-scaled feasible ranges, then Eq. 8 (or the integer search) for phi.
 
         Args:
             around: integer grids only: search within ``correction_radius`` of these phi (the measured
                 ones) instead of around the continuous solution.
+            starve_bits: :meth:`starve_bits` of the frame, for codecs with a starve level.
         """
         fits = {n: self.profile.loss_rate.for_scale(n) for n in weights}
         models = self.profile.rate_phi
         scaled = {n: ScaleRateModel(fits[n].alpha, fits[n].beta, rho[n] * models[n].r_min, rho[n] * models[n].r_max)
                   for n in weights}
-        plan = allocate(weights, scaled, positions, payload_budget, on_infeasible="clamp")
-        phi = {n: models[n].phi(plan.rates[n] / rho[n]) for n in weights}
+        plan = allocate(weights, scaled, positions, payload_budget, on_infeasible="clamp", starve_bits=starve_bits)
+        phi = {n: self.starve_phi if plan.clamped.get(n) == "starve" else models[n].phi(plan.rates[n] / rho[n])
+               for n in weights}
         if self.integer:
             phi = self._integer_phi(weights, positions, payload_budget, rho, phi, scaled, around)
         return plan, phi
@@ -206,7 +237,8 @@ class RateController:
         ordered_weights = {n: float(weights[n]) for n in names}
 
         start = time.perf_counter()
-        allocation, phi = self.plan(ordered_weights, positions, payload_budget, self.rho)
+        starve_bits = self.starve_bits(features)
+        allocation, phi = self.plan(ordered_weights, positions, payload_budget, self.rho, starve_bits=starve_bits)
         planned = time.perf_counter()
         records = self.codec.encode(dict(features), phi)
         encoded = time.perf_counter()
@@ -214,9 +246,9 @@ class RateController:
         passes, correct_ms, encode_ms = 1, 0.0, (encoded - planned) * 1e3
 
         if abs(sum(bits.values()) + self.overhead_bits - budget_bits) > self.tolerance * budget_bits:
-            local = self._factors(bits, positions, phi)
+            local = {**self.rho, **self._factors(bits, positions, phi)}
             corrected_start = time.perf_counter()
-            _, phi2 = self.plan(ordered_weights, positions, payload_budget, local, around=phi)
+            _, phi2 = self.plan(ordered_weights, positions, payload_budget, local, around=phi, starve_bits=starve_bits)
             corrected = time.perf_counter()
             changed = [n for n in names if phi2[n] != phi[n]]
             if changed:
@@ -251,8 +283,9 @@ class RateController:
 
     def _factors(self, bits: Mapping[str, int], positions: Mapping[str, int], phi: Mapping[str, float],
                  ) -> dict[str, float]:
-        """Measured rate over modelled rate, per scale."""
-        return {n: bits[n] / (positions[n] * float(self.profile.rate_phi[n].rate(phi[n]))) for n in bits}
+        """Measured rate over modelled rate, per coded scale (a starved scale's bits are known exactly)."""
+        return {n: bits[n] / (positions[n] * float(self.profile.rate_phi[n].rate(phi[n]))) for n in bits
+                if phi[n] != self.starve_phi}
 
     def observe_frame(self, frame_bytes: int) -> None:
         """Tell the controller the serialized size of the last frame, in bytes (updates the overhead estimate)."""

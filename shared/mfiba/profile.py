@@ -4,7 +4,8 @@ Layout (every rate in bits per spatial position of its scale, every loss ``1 - A
 
     {
       "format": "fpnlink.mfiba.profile/1",
-      "codec":    {"name", "fingerprint", "phi_range": [lo, hi], "phi_grid": "continuous" | "integer"},
+      "codec":    {"name", "fingerprint", "phi_range": [lo, hi], "phi_grid": "continuous" | "integer",
+                   "starve_phi": phi | null},                    # absent in older profiles: null
       "backbone": {"weights", "fingerprint", "min_size", "max_size"},
       "tasks": ["detect", ...], "k": 4, "rate_unit": "bits/position",
       "loss_rate": {                                            # Eq. 3
@@ -55,14 +56,29 @@ RATE_UNIT = "bits/position"
 PHI_GRIDS: tuple[str, ...] = ("continuous", "integer")
 
 
+STARVE_MARGIN = 1e-3
+"""Where a codec has a starve level, its coded rates are modelled on ``(starve_phi + STARVE_MARGIN, phi_max)``."""
+
+
 @dataclass(frozen=True)
 class CodecInfo:
-    """The codec a profile was calibrated for; ``phi_grid`` says whether phi takes integer values only."""
+    """The codec a profile was calibrated for.
+
+    ``phi_grid`` says whether phi takes integer values only; ``starve_phi`` is the codec's starve level
+    (:attr:`~fpnlink.shared.codec.base.FeatureCodec.starve_phi`), which the rate-phi models leave out.
+    """
 
     name: str
     fingerprint: str
     phi_range: tuple[float, float]
     phi_grid: str = "continuous"
+    starve_phi: float | None = None
+
+    @property
+    def coded_phi_range(self) -> tuple[float, float]:
+        """The phi range the rate-phi models cover: ``phi_range`` less the starve level."""
+        low, high = self.phi_range
+        return (low, high) if self.starve_phi is None else (self.starve_phi + STARVE_MARGIN, high)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ class Profile:
 
     Attributes:
         loss_rate: Eq. 3, global and per scale (with the quadratic baseline).
-        rate_phi: scale -> Eq. 7 model (line or monotone spline).
+        rate_phi: scale -> Eq. 7 model (line or monotone spline) over ``codec.coded_phi_range``.
         fast_predictor: the fast-MFIP predictor, when calibration trained one.
         calibration: metadata (images, levels, timings, mean weights, data source).
         samples: the calibration points behind the fits (for reports).
@@ -128,7 +144,8 @@ class Profile:
         return {
             "format": PROFILE_FORMAT,
             "codec": {"name": self.codec.name, "fingerprint": self.codec.fingerprint,
-                      "phi_range": list(self.codec.phi_range), "phi_grid": self.codec.phi_grid},
+                      "phi_range": list(self.codec.phi_range), "phi_grid": self.codec.phi_grid,
+                      "starve_phi": self.codec.starve_phi},
             "backbone": {"weights": self.backbone.weights, "fingerprint": self.backbone.fingerprint,
                          "min_size": self.backbone.min_size, "max_size": self.backbone.max_size},
             "tasks": list(self.tasks),
@@ -263,7 +280,12 @@ def profile_from_dict(obj: Any) -> Profile:
     grid = _str(codec, "phi_grid", "codec")
     if grid not in PHI_GRIDS:
         raise ValueError(f"profile field codec.phi_grid must be one of {list(PHI_GRIDS)}, got {grid!r}")
-    codec_info = CodecInfo(_str(codec, "name", "codec"), _str(codec, "fingerprint", "codec"), phi_range, grid)
+    starve_phi = _num(codec, "starve_phi", "codec", optional=True) if "starve_phi" in codec else None
+    if starve_phi is not None and not phi_range[0] <= starve_phi < phi_range[1] - STARVE_MARGIN:
+        raise ValueError(f"profile field codec.starve_phi must lie at the low end of codec.phi_range "
+                         f"{list(phi_range)}, got {starve_phi}")
+    codec_info = CodecInfo(_str(codec, "name", "codec"), _str(codec, "fingerprint", "codec"), phi_range, grid,
+                           starve_phi)
     backbone = _get(obj, "backbone", "")
     sizes = []
     for key in ("min_size", "max_size"):
@@ -303,7 +325,7 @@ def profile_from_dict(obj: Any) -> Profile:
     rate_phi_raw = _get(obj, "rate_phi", "")
     if not isinstance(rate_phi_raw, dict) or not rate_phi_raw:
         raise ValueError("profile field rate_phi must be a non-empty object of scales")
-    rate_phi = {n: _rate_phi(v, f"rate_phi.{n}", phi_range) for n, v in rate_phi_raw.items()}
+    rate_phi = {n: _rate_phi(v, f"rate_phi.{n}", codec_info.coded_phi_range) for n, v in rate_phi_raw.items()}
     unknown = sorted(set(scale_fits) - set(rate_phi))
     if unknown:
         raise ValueError(f"profile field loss_rate.scales names scales {unknown} that rate_phi lacks")

@@ -19,7 +19,7 @@ from fpnlink.shared.mfiba import (
     make_importance, normalise_losses, parse_budget, parse_mfip_mode, profile_from_dict, pseudo_ap,
     quality_levels, shipped_profile, train_fast_predictor,
 )
-from fpnlink.shared.mfiba.allocate import numeric_rates
+from fpnlink.shared.mfiba.allocate import model_loss, numeric_rates
 from fpnlink.shared.mfiba.loss_rate import BETA_BOUNDS
 from fpnlink.shared.mfiba.calibration import detect_phi_grid, rate_points
 from fpnlink.shared.model import TASKS, TRANSMITTED_SCALES
@@ -152,6 +152,43 @@ class TestAllocate:
         models = {n: ScaleRateModel(10.0, 1.0, 2.0, 100.0) for n in NAMES}
         with pytest.raises(ValueError, match=message):
             allocate(weights, models, POSITIONS, budget)
+
+    def test_starving_meets_a_budget_below_every_coded_scale(self):
+        models = {n: ScaleRateModel(10.0, 1.0, 2.0, 100.0) for n in NAMES}
+        weights = {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4}
+        starve = dict.fromkeys(NAMES, 320.0)
+        low, _ = _bounds(models)
+        with pytest.raises(InfeasibleBudgetError):
+            allocate(weights, models, POSITIONS, 0.6 * low)
+        plan = allocate(weights, models, POSITIONS, 0.6 * low, starve_bits=starve)
+        assert plan.feasible and plan.total_bits <= 0.6 * low * (1 + 1e-9)
+        starved = {n for n, how in plan.clamped.items() if how == "starve"}
+        assert starved == {"0"} and plan.bits["0"] == 320.0  # the least important scale, which is also the dearest
+        assert plan.rates["0"] == 320.0 / POSITIONS["0"]
+
+    def test_starve_option_never_plans_a_worse_loss(self):
+        rng = np.random.default_rng(5)
+        for _ in range(20):
+            weights, models = _instance(rng)
+            starve = {n: float(rng.uniform(0.05, 1.0)) * models[n].r_min * POSITIONS[n] for n in NAMES}
+            low, high = _bounds(models)
+            budget = float(10 ** rng.uniform(np.log10(low * 1.02), np.log10(high * 0.98)))
+            coded = allocate(weights, models, POSITIONS, budget)
+            plan = allocate(weights, models, POSITIONS, budget, starve_bits=starve)
+            assert plan.feasible and plan.total_bits == pytest.approx(budget, rel=1e-9)
+            assert model_loss(weights, models, plan.rates) <= model_loss(weights, models, coded.rates) * (1 + 1e-12)
+
+    def test_budget_below_every_starved_scale(self):
+        models = {n: ScaleRateModel(10.0, 1.0, 2.0, 100.0) for n in NAMES}
+        starve = {"0": 320.0, "1": 320.0, "2": 320.0, "3": 400.0}  # P5 coded at r_min (2 * 16 bits) is cheaper
+        with pytest.raises(InfeasibleBudgetError, match="starved or at its lowest rate"):
+            allocate(dict.fromkeys(NAMES, 0.25), models, POSITIONS, 500.0, starve_bits=starve)
+        plan = allocate(dict.fromkeys(NAMES, 0.25), models, POSITIONS, 500.0, on_infeasible="clamp",
+                        starve_bits=starve)
+        assert not plan.feasible and plan.clamped == {"0": "starve", "1": "starve", "2": "starve", "3": "min"}
+        assert plan.total_bits == 3 * 320.0 + 2.0 * POSITIONS["3"]
+        with pytest.raises(ValueError, match="starve_bits must give every scale"):
+            allocate(dict.fromkeys(NAMES, 0.25), models, POSITIONS, 1e4, starve_bits={"0": 320.0})
 
     def test_scale_model_checks(self):
         with pytest.raises(ValueError, match="beta must be positive"):
@@ -369,7 +406,8 @@ class TestFastPredictor:
 def _fitted_profile(codec, fit_features, fast: bool = True) -> Profile:
     """A profile whose rate-phi models are fitted on real payloads of ``fit_features`` (no heads)."""
     grid = detect_phi_grid(codec, "3", fit_features[0][0]["3"])
-    phis = rate_points(codec.phi_range, grid)
+    info = CodecInfo(codec.name, codec.fingerprint, codec.phi_range, grid, codec.starve_phi)
+    phis = rate_points(info.coded_phi_range, grid)
     pairs: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in NAMES}
     for features, _, _ in fit_features:
         for n in NAMES:
@@ -388,11 +426,11 @@ def _fitted_profile(codec, fit_features, fast: bool = True) -> Profile:
         stats = np.array([feature_stats(f) for f, _, _ in fit_features])
         predictor = train_fast_predictor(stats, np.full((len(stats), 4), 0.25))
     return Profile(
-        codec=CodecInfo(codec.name, codec.fingerprint, codec.phi_range, grid),
+        codec=info,
         backbone=BackboneInfo("random:0", "feedfacefeedface", 128, 128),
         tasks=("detect",),
         loss_rate=fit_loss_rate(samples),
-        rate_phi={n: fit_rate_phi(*pairs[n], codec.phi_range) for n in NAMES},
+        rate_phi={n: fit_rate_phi(*pairs[n], info.coded_phi_range) for n in NAMES},
         fast_predictor=predictor,
         calibration={"images": len(fit_features)},
         samples={"rate_phi": [[n, p, r] for n in NAMES for p, r in zip(*pairs[n])]},
@@ -404,7 +442,30 @@ def quant_profile(tiny_features) -> Profile:
     return _fitted_profile(make_codec("quant"), tiny_features[:2])
 
 
+@pytest.fixture(scope="module")
+def xscale_codec():
+    from fpnlink.shared.codec.xscale import TINY_CHECKPOINT, CrossScaleCodec
+
+    return CrossScaleCodec(TINY_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def xscale_profile(xscale_codec, tiny_features) -> Profile:
+    return _fitted_profile(xscale_codec, tiny_features[:2])
+
+
 class TestProfile:
+    def test_starve_level_is_left_out_of_the_rate_models(self, xscale_codec, xscale_profile, tmp_path):
+        assert xscale_profile.codec.starve_phi == xscale_codec.starve_phi == 0.0
+        low, high = xscale_profile.codec.coded_phi_range
+        assert low == pytest.approx(1e-3) and high == xscale_codec.phi_range[1]
+        assert all(phi >= low for _, phi, _ in xscale_profile.samples["rate_phi"])
+        loaded = load_profile(xscale_profile.save(tmp_path / "xscale.json"))
+        assert loaded.codec == xscale_profile.codec and loaded.rate_phi["0"].phi_range == (low, high)
+        older = xscale_profile.to_dict()
+        del older["codec"]["starve_phi"]  # profiles from before the field: no starve level
+        assert profile_from_dict(older).codec.starve_phi is None
+
     def test_round_trip(self, quant_profile, tmp_path):
         path = quant_profile.save(tmp_path / "profile.json")
         loaded = load_profile(path)
@@ -418,6 +479,8 @@ class TestProfile:
         (lambda d: d.pop("codec"), "codec is missing"),
         (lambda d: d["codec"].update(phi_range=[8, 1]), "codec.phi_range"),
         (lambda d: d["codec"].update(phi_grid="hex"), "codec.phi_grid"),
+        (lambda d: d["codec"].update(starve_phi=16.0), "codec.starve_phi must lie at the low end"),
+        (lambda d: d["codec"].update(starve_phi="low"), "codec.starve_phi must be a finite number"),
         (lambda d: d["backbone"].update(min_size="128"), "backbone.min_size"),
         (lambda d: d.update(tasks=["count"]), "tasks must be"),
         (lambda d: d["loss_rate"]["global"].update(beta=-0.5), "loss_rate.global.beta must be positive"),
@@ -521,6 +584,22 @@ class TestControl:
         direct.observe_frame(frame_bytes)
         coder.observe_frame(frame_bytes)
         assert direct.overhead_bits == coder.controller.overhead_bits == 800.0
+
+    def test_budget_below_every_coded_scale_starves_one(self, xscale_codec, xscale_profile, tiny_features):
+        features = {n: tiny_features[3][0][n] for n in NAMES}
+        coded_low = sum(xscale_profile.rate_phi[n].r_min * _positions(features, n) for n in NAMES)
+        controller = RateController(xscale_codec, xscale_profile, overhead_bits=0)
+        low, high = controller.feasible_payload_bits(features)
+        assert low == 4 * controller.starve_bits(features)["0"] and high > coded_low > low
+        for budget in (0.35 * coded_low, 0.5 * coded_low):
+            controller = RateController(xscale_codec, xscale_profile, overhead_bits=0)
+            result = controller.code(features, {"0": 0.1, "1": 0.3, "2": 0.3, "3": 0.3}, budget)
+            actual = 8 * sum(len(r.payload) for r in result.records)
+            assert result.allocation.feasible and result.phi["0"] == xscale_codec.starve_phi
+            assert all(result.phi[n] > xscale_codec.starve_phi for n in ("2", "3"))
+            assert abs(actual - budget) / budget <= 0.05, (budget, actual, result.phi)
+            decoded = xscale_codec.decode(result.records)
+            assert set(decoded) == set(NAMES) and decoded["0"].shape == features["0"].shape
 
     def test_wrong_scales(self, quant_profile, tiny_features):
         controller = RateController(make_codec("quant"), quant_profile)

@@ -27,7 +27,7 @@ from fpnlink.edge import EdgeAgent
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.codec.learned import DEFAULT_CHECKPOINT
 from fpnlink.shared.mfiba import (
-    BudgetedCoder, FullMfip, Profile, RateController, ScaleRateModel, allocate, calibrate, closed_form_rates,
+    BudgetedCoder, FullMfip, RateController, ScaleRateModel, allocate, calibrate, closed_form_rates,
     parse_budget, quality_levels,
 )
 from fpnlink.shared.mfiba.allocate import numeric_rates
@@ -77,13 +77,6 @@ def allocation_accuracy(instances: int = ALLOC_INSTANCES, seed: int = 0) -> dict
             "max_rel_err": max(fixed, budgeted)}
 
 
-def feasible_bits(profile: Profile, positions: dict[str, int]) -> tuple[float, float]:
-    """Payload bits of a frame with every scale at its lowest / highest modelled rate."""
-    low = sum(profile.rate_phi[n].r_min * positions[n] for n in positions)
-    high = sum(profile.rate_phi[n].r_max * positions[n] for n in positions)
-    return float(low), float(high)
-
-
 def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, frames: int, full_frames: int,
                 levels: int, tolerance: float, out_dir: Path | None, profile_stem: str = "ratecontrol",
                 ) -> dict[str, Any]:
@@ -104,11 +97,9 @@ def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, f
     full = FullMfip(bundle, codec, TASKS, quality_levels(codec.phi_range, levels, profile.codec.phi_grid == "integer"))
     full_ms: dict[str, list[float]] = {"total": [], "precode": [], "heads": [], "scoring": []}
     fast_ms, weight_mae = [], []
-    positions: dict[str, int] = {}
     for index, image in enumerate(held_out):
         with torch.inference_mode():
             features, image_sizes, original_sizes = edge([image])
-        positions = {n: int(t.shape[-2] * t.shape[-1]) for n, t in features.items()}
         fast = profile.fast_predictor.importance(features, image_sizes, original_sizes)
         fast_ms.append(fast.timing_ms["total"])
         if index < full_frames:
@@ -117,7 +108,7 @@ def bench_codec(codec_name: str, quick: bool, weights: str, calib_images: int, f
                 full_ms[key].append(result.timing_ms[key])
             weight_mae.append(float(np.mean([abs(fast.weights[n] - result.weights[n]) for n in features])))
 
-    low, high = feasible_bits(profile, positions)
+    low, high = RateController(codec, profile).feasible_payload_bits(features)
     budgets = [parse_budget(f"{low * (high / low) ** f / (height * width):.5g}bpp") for f in BUDGET_FRACTIONS]
     per_budget, errors, signed, backbone_ms, assign_ms, passes = [], [], [], [], [], []
     for budget in budgets:
