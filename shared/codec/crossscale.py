@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from compressai.layers import GDN
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .hyperprior import FeatureHyperprior, HyperpriorConfig, _Branch
 from .intnet import Z_MAX, round_ste
@@ -95,16 +96,29 @@ class CrossScaleHyperprior(FeatureHyperprior):
 
     def synthesize(self, y_hat: Tensor | None, context: Tensor | None, scale: int, size: tuple[int, int],
                    batch: int = 1) -> tuple[Tensor, Tensor]:
-        """Hidden state and normalised reconstruction of one scale.
+        """Hidden state and normalised reconstruction of one scale (arguments as :meth:`hidden_state`).
+
+        Returns:
+            ``(hidden [B, D, H, W], x_hat_norm [B, C, H, W])``.
+        """
+        hidden = self.hidden_state(y_hat, context, scale, size, batch)
+        return hidden, self.branches[scale].out(hidden)
+
+    def raw_output(self, hidden: Tensor, scale: int) -> Tensor:
+        """The raw-domain reconstruction of one scale: the de-normalisation folded into the 1x1 ``out`` conv,
+        so the full-size map is written once."""
+        out, std, mean = self.branches[scale].out, self.feature_std[scale], self.feature_mean[scale]
+        return F.conv2d(hidden, out.weight * std.view(-1, 1, 1, 1), torch.addcmul(mean, out.bias, std))
+
+    def hidden_state(self, y_hat: Tensor | None, context: Tensor | None, scale: int, size: tuple[int, int],
+                     batch: int = 1) -> Tensor:
+        """The decoder's hidden state ``[B, D, H, W]`` of one scale.
 
         Args:
             y_hat: dequantised latent ``[B, M, h, w]``, or None for a starved scale (read as zeros).
             context: from :meth:`context_for`, or None (P5, or the ablation).
             size: ``(H, W)`` of the scale.
             batch: batch size when ``y_hat`` is None.
-
-        Returns:
-            ``(hidden [B, D, H, W], x_hat_norm [B, C, H, W])``.
         """
         branch = self.branches[scale]
         if y_hat is None:
@@ -112,8 +126,7 @@ class CrossScaleHyperprior(FeatureHyperprior):
             y_hat = torch.zeros(batch, self.config.latent, ph // 2, pw // 2, device=self.feature_mean.device)
         own = branch.g_s(y_hat)[..., : size[0], : size[1]]
         context = torch.zeros_like(own) if context is None else context
-        hidden = own + context + branch.fuse(torch.cat((own, context), dim=1))
-        return hidden, branch.out(hidden)
+        return own + context + branch.fuse(torch.cat((own, context), dim=1))
 
     # ------------------------------------------------------------------------------------ training path
 
@@ -178,9 +191,8 @@ class CrossScaleHyperprior(FeatureHyperprior):
             symbols, phi = latents[scale]
             y_hat = None if symbols is None else self.dequantise(symbols, scale, phi)
             context = self.context_for(hidden, scale, sizes[scale])
-            hidden, x_hat_norm = self.synthesize(y_hat, context, scale, sizes[scale])
-            index = torch.tensor([scale], device=x_hat_norm.device)
-            decoded[scale] = self._denormalise(x_hat_norm, index)
+            hidden = self.hidden_state(y_hat, context, scale, sizes[scale])
+            decoded[scale] = self.raw_output(hidden, scale)
         return decoded
 
     @torch.no_grad()
