@@ -22,6 +22,7 @@ Errors come back as ``{"error": {"code": GRPC_STATUS_NAME, "message": ...}}`` wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -118,8 +119,12 @@ def error_response(exc: BaseException) -> JSONResponse:
     """The app's one error mapper: fpnlink errors -> 4xx/503, anything else -> 500 (logged)."""
     mapped = map_error(exc)
     body = ErrorResponse(error=ErrorBody(code=mapped.code.name, message=mapped.message))
-    headers = {"WWW-Authenticate": "Bearer"} if mapped.http_status == 401 else None
-    return JSONResponse(body.model_dump(), status_code=mapped.http_status, headers=headers)
+    headers = {}
+    if mapped.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if mapped.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(mapped.retry_after_s)))  # whole seconds (RFC 9110)
+    return JSONResponse(body.model_dump(), status_code=mapped.http_status, headers=headers or None)
 
 
 def validation_response(_request: Request, exc: RequestValidationError) -> JSONResponse:

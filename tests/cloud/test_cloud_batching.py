@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
+import httpx
 import pytest
 import torch
 from cloud_helpers import EdgeOutput, assert_same_task_results, bad_cases, loopback_settings, make_frame
@@ -152,10 +153,17 @@ class TestBatchingOverGrpc:
                     unary(make_frame(edges["a1"], 4, tasks=("keypoints",)).SerializeToString(), timeout=30)
                 assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert int(dict(info.value.trailing_metadata())[RETRY_PUSHBACK_KEY]) >= 1
+                rest = httpx.post(f"{server.http_url}/v1/frames", timeout=30,
+                                  content=make_frame(edges["a1"], 5, tasks=("keypoints",)).SerializeToString(),
+                                  headers={"content-type": "application/x-protobuf"})
+                assert rest.status_code == 503 and rest.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+                assert int(rest.headers["retry-after"]) >= 1
                 call.cancel()  # the client leaves: its queued frames leave the queue with it
                 wait_until(lambda: batcher.depth == 0)
             assert metric(server.service, "fpnlink_cloud_errors_total",
                           {"transport": "grpc", "code": "RESOURCE_EXHAUSTED"}) == 2
+            assert metric(server.service, "fpnlink_cloud_errors_total",
+                          {"transport": "rest", "code": "RESOURCE_EXHAUSTED"}) == 1
 
     def test_a_frame_past_the_queue_deadline_gets_deadline_exceeded(self, tiny_bundle, edges):
         with holding_service(tiny_bundle, queue_deadline_s=0.5) as server:
