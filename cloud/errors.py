@@ -15,6 +15,7 @@ error                           gRPC status             HTTP  meaning
 ``NotReadyError``               ``UNAVAILABLE``         503   weights still loading, or the results store
                                                               unreachable or its queue full; retry later
 ``OverloadedError``             ``RESOURCE_EXHAUSTED``  503   the frame queue is full; retry after the hint
+                                                              (``grpc-retry-pushback-ms``, ``Retry-After``)
 ``QueueTimeoutError``           ``DEADLINE_EXCEEDED``   504   a frame waited past the queue deadline
 ``UnauthenticatedError``        ``UNAUTHENTICATED``     401   no token, or a token the service does not know
 ``PermissionDeniedError``       ``PERMISSION_DENIED``   403   a token without the scope, another device's stream
