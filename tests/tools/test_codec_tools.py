@@ -240,6 +240,16 @@ class TestTrainXscale:
         config = torch.load(out, weights_only=True)["config"]
         assert not config["context"] and not config["hyper_gains"]
 
+    def test_stop_at_keeps_the_schedule_of_steps(self, shards, tmp_path):
+        out = tmp_path / "stopped.pt"
+        common = ["--shards", str(shards), "--out", str(out), "--batch", "2", "--crop", "16", "--steps", "10",
+                  "--no-progress", *self.ARCH]
+        assert _cli("train-xscale", *common, "--stop-at", "3") == 0
+        blob = torch.load(out, weights_only=True)
+        assert blob["train"]["step"] == 3 and blob["train"]["settings"]["steps"] == 10
+        assert _cli("train-xscale", *common, "--resume", "--stop-at", "5") == 0
+        assert torch.load(out, weights_only=True)["train"]["step"] == 5
+
     def test_crop_must_align_with_p5(self, shards, tmp_path):
         assert _cli("train-xscale", "--shards", str(shards), "--out", str(tmp_path / "x.pt"), "--crop", "12",
                     "--steps", "1", "--no-progress", *self.ARCH) == 2

@@ -94,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "crop": "P2 crop side in positions, a multiple of 8", "save_every": "steps between checkpoints",
         "seed": "sampling seed", "latent": "latent channels M", "hyper": "hyper-latent channels",
         "hidden": "hidden channels of the hyperprior transforms", "decoder": "channels of the cross-scale decoder",
+        "stop_at": "stop (and save) at this step, keeping the schedule of --steps (ablations at equal steps); 0: "
+        "run to --steps",
     }.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(xdefaults, name),
                        help=f"{text} (default {getattr(xdefaults, name)})")

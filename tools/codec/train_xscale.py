@@ -94,6 +94,8 @@ class XScaleSettings:
         starve: probability that a scale is dropped to its starve level.
         save_every: steps between checkpoints.
         max_minutes: wall-clock budget of this invocation (stops early, saving); none when 0.
+        stop_at: stop (saving) at this step while keeping the schedule of ``steps``, so that an ablation
+            matches another run at equal steps; none when 0.
         seed: sampling seed.
         latent, hyper, hidden, decoder: architecture sizes (see ``CrossScaleConfig``).
         context: the cross-scale decoder path (False: the ablation without it).
@@ -109,6 +111,7 @@ class XScaleSettings:
     starve: float = 0.15
     save_every: int = 100
     max_minutes: float = 0.0
+    stop_at: int = 0
     seed: int = 0
     latent: int = 96
     hyper: int = 48
@@ -172,7 +175,8 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
         if len(lambdas) != len(stored["lambdas"]):
             raise ValueError(f"--lambdas: the checkpoint has {len(stored['lambdas'])} gain levels, got {len(lambdas)}")
         settings = XScaleSettings(**{**stored, "steps": settings.steps, "max_minutes": settings.max_minutes,
-                                     "save_every": settings.save_every, "lambdas": tuple(lambdas)})
+                                     "stop_at": settings.stop_at, "save_every": settings.save_every,
+                                     "lambdas": tuple(lambdas)})
         start = int(state["step"])
         generator.set_state(state["generator"])
     else:
@@ -242,7 +246,7 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.3g}")
-        out_of_time = budget > 0 and time.monotonic() - started >= budget
+        out_of_time = (budget > 0 and time.monotonic() - started >= budget) or step + 1 == settings.stop_at
         if (step + 1) % settings.save_every == 0 or step + 1 == settings.steps or out_of_time:
             means = sums / settings.save_every
             logged = {"step": step + 1, "loss": loss.item(), "bits_per_position": means[0].tolist(),
