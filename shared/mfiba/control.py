@@ -1,4 +1,4 @@
-"""Closed-loop rate control: plan (Eq. 6) -> phi (Eq. 8) -> encode -> measure -> correct once.
+"""Closed-loop rate control: plan (Eq. 6) -> phi (Eq. 8) -> encode -> measure -> correct (twice at most).
 
 Per frame, with budget ``B`` (every frame bit) and the frame-overhead estimate ``O``::
 
@@ -6,15 +6,16 @@ Per frame, with budget ``B`` (every frame bit) and the frame-overhead estimate `
                       ^                                                                      │
                       │     |sum bits_i + O - B| > tol * B ?  ── no ──> done                 │
                       │                        │ yes                                         │
-                      └── local rho_i = bits_i / (S_i R_i(phi_i)) ── re-plan, re-encode changed scales once
+                      └── local rho_i = bits_i / (S_i R_i(phi_i)) ── re-plan, re-encode changed scales
 
 ``R_i(phi)`` is the profile's rate-phi model (bits per position), ``S_i`` the scale's positions. A
 frame's content makes its rates differ from the calibration mean; this is absorbed by a per-scale
 multiplicative factor ``rho_i``: the running ``rho_i`` (an EMA over the stream, updated from every
 frame's measured bits) scales the model for the first plan; the frame's own ``rho_i``, measured by the
-first encode, scales it for the single correction. ``rho_i R_i(phi)`` is the model curve rescaled to
-pass through the measured point, so the correction follows the local slope ``rho_i R_i'(phi)``
-there. The frame-overhead estimate (protobuf framing, ids, fingerprints) is an EMA of what
+latest encode, scales it for the next correction (``max_passes`` encodings at most, 3 by default).
+``rho_i R_i(phi)`` is the model curve rescaled to pass through the measured point, so a correction
+follows the local slope ``rho_i R_i'(phi)`` there; a frame whose rate-phi curve is not a rescaled
+model curve needs a second one. The frame-overhead estimate (protobuf framing, ids, fingerprints) is an EMA of what
 ``observe_frame(frame_bytes)`` is told the serialized frames really cost, in bytes.
 
 Codecs whose phi only takes integer values (``quant``'s bit depth; the profile's ``phi_grid``) cannot
@@ -31,7 +32,7 @@ Codecs with a starve level (``profile.codec.starve_phi``) plan with it as a disc
 costs a header only): the rate-phi models cover only the coded range above it, where the codec has
 no rates between a starved scale's header and its lowest coded rate.
 
-Of the (at most) two encodings the one closer to the budget is sent. Budgets below what the codec can
+Of the encodings the one closest to the budget is sent. Budgets below what the codec can
 reach are clamped to its lowest rates (``Allocation.feasible`` is False), budgets above to its highest.
 """
 
@@ -59,6 +60,8 @@ DEFAULT_OVERHEAD_BITS = 8 * 200
 """Frame overhead (header, framing) assumed until a frame's real size is observed."""
 INTEGER_RADIUS = 2
 """Integer-phi candidates: this many steps beyond floor/ceil of the continuous phi."""
+DEFAULT_MAX_PASSES = 3
+"""Encodings per frame at most: the first and two corrections."""
 CORRECTION_RADIUS = 1
 """Integer-phi correction: candidates this many steps from the MEASURED phi, where the local model holds."""
 
@@ -75,7 +78,7 @@ class ControlResult:
         budget_bits: the frame budget.
         payload_bits: ``8 * sum(len(payload))`` of ``records``.
         frame_bits_estimate: ``payload_bits`` plus the overhead estimate.
-        passes: 1, or 2 when a correction re-encoded.
+        passes: encodings made (1 when the first landed within tolerance).
         timing_ms: ``assign`` (plan + phi), ``encode`` (all passes), ``correct`` (re-plan), ``total``.
     """
 
@@ -113,23 +116,25 @@ class RateController:
     Args:
         codec: the codec to drive; must be the one the profile was calibrated for.
         profile: fitted rate-phi and loss-rate models.
-        tolerance: relative budget error that triggers the one correction.
+        tolerance: relative budget error that triggers a correction.
         ema: weight of the newest frame in the running factors.
         overhead_bits: initial frame-overhead estimate.
         window: integer-phi codecs: accept combinations predicted within this relative distance
             (default ``tolerance / 4``) and prefer the least loss among them.
         correction_radius: integer-phi codecs: how far from the measured phi the correction may move
             each scale (``None``: around the re-planned continuous phi, like the first pass).
+        max_passes: most encodings of a frame (the first plus up to ``max_passes - 1`` corrections).
     """
 
     def __init__(self, codec: FeatureCodec, profile: Profile, tolerance: float = DEFAULT_TOLERANCE,
                  ema: float = DEFAULT_EMA, overhead_bits: float = DEFAULT_OVERHEAD_BITS,
-                 window: float | None = None, correction_radius: int | None = CORRECTION_RADIUS) -> None:
+                 window: float | None = None, correction_radius: int | None = CORRECTION_RADIUS,
+                 max_passes: int = DEFAULT_MAX_PASSES) -> None:
         if codec.name != profile.codec.name:
             raise ValueError(f"profile is for codec {profile.codec.name!r}, not {codec.name!r}")
-        if not 0 < tolerance < 1 or not 0 < ema <= 1 or overhead_bits < 0:
-            raise ValueError(f"need 0 < tolerance < 1, 0 < ema <= 1, overhead_bits >= 0; "
-                             f"got {tolerance}, {ema}, {overhead_bits}")
+        if not 0 < tolerance < 1 or not 0 < ema <= 1 or overhead_bits < 0 or max_passes < 1:
+            raise ValueError(f"need 0 < tolerance < 1, 0 < ema <= 1, overhead_bits >= 0, max_passes >= 1; "
+                             f"got {tolerance}, {ema}, {overhead_bits}, {max_passes}")
         self.codec = codec
         self.profile = profile
         self.tolerance = tolerance
@@ -139,6 +144,7 @@ class RateController:
         self.rho: dict[str, float] = {name: 1.0 for name in profile.scales}
         self.integer = profile.codec.phi_grid == "integer"
         self.correction_radius = correction_radius
+        self.max_passes = max_passes
         self.starve_phi = None if self.integer else profile.codec.starve_phi
         self._starve_bits: dict[tuple[str, tuple[int, ...]], int] = {}
         self._last_payload_bits: int | None = None
@@ -219,7 +225,7 @@ class RateController:
     # ------------------------------------------------------------------------------------------ one frame
 
     def code(self, features: Mapping[str, Tensor], weights: Mapping[str, float], budget_bits: float) -> ControlResult:
-        """Plan, encode, measure and (at most once) correct one frame.
+        """Plan, encode, measure and (at most ``max_passes - 1`` times) correct one frame.
 
         Args:
             features: ``'0'..'3'`` -> ``[1, C, h, w]``.
@@ -245,23 +251,28 @@ class RateController:
         bits = {r.name: 8 * len(r.payload) for r in records}
         passes, correct_ms, encode_ms = 1, 0.0, (encoded - planned) * 1e3
 
-        if abs(sum(bits.values()) + self.overhead_bits - budget_bits) > self.tolerance * budget_bits:
-            local = {**self.rho, **self._factors(bits, positions, phi)}
+        best_records, best_bits, best_phi = records, bits, phi
+        local = dict(self.rho)
+        while (passes < self.max_passes
+               and abs(sum(best_bits.values()) + self.overhead_bits - budget_bits) > self.tolerance * budget_bits):
+            local.update(self._factors(bits, positions, phi))
             corrected_start = time.perf_counter()
-            _, phi2 = self.plan(ordered_weights, positions, payload_budget, local, around=phi, starve_bits=starve_bits)
+            _, phi_next = self.plan(ordered_weights, positions, payload_budget, local, around=phi,
+                                    starve_bits=starve_bits)
             corrected = time.perf_counter()
-            changed = [n for n in names if phi2[n] != phi[n]]
-            if changed:
-                redo = {r.name: r for r in self.codec.encode({n: features[n] for n in changed},
-                                                            {n: phi2[n] for n in changed})}
-                records2 = [redo.get(r.name, r) for r in records]
-                bits2 = {r.name: 8 * len(r.payload) for r in records2}
-                passes = 2
-                if abs(sum(bits2.values()) - payload_budget) < abs(sum(bits.values()) - payload_budget):
-                    records, bits, phi = records2, bits2, phi2
-            done = time.perf_counter()
-            correct_ms = (corrected - corrected_start) * 1e3
-            encode_ms += (done - corrected) * 1e3
+            correct_ms += (corrected - corrected_start) * 1e3
+            changed = [n for n in names if phi_next[n] != phi[n]]
+            if not changed:
+                break
+            redo = {r.name: r for r in self.codec.encode({n: features[n] for n in changed},
+                                                        {n: phi_next[n] for n in changed})}
+            records = [redo.get(r.name, r) for r in records]
+            bits, phi = {r.name: 8 * len(r.payload) for r in records}, phi_next
+            passes += 1
+            encode_ms += (time.perf_counter() - corrected) * 1e3
+            if abs(sum(bits.values()) - payload_budget) < abs(sum(best_bits.values()) - payload_budget):
+                best_records, best_bits, best_phi = records, bits, phi
+        records, bits, phi = best_records, best_bits, best_phi
 
         for n, factor in self._factors(bits, positions, phi).items():
             self.rho[n] = (1 - self.ema) * self.rho[n] + self.ema * factor

@@ -601,6 +601,22 @@ class TestControl:
             decoded = xscale_codec.decode(result.records)
             assert set(decoded) == set(NAMES) and decoded["0"].shape == features["0"].shape
 
+    def test_corrections_are_bounded_and_the_closest_encoding_is_sent(self, xscale_codec, xscale_profile,
+                                                                        tiny_features):
+        features = {n: tiny_features[3][0][n] for n in NAMES}
+        weights = dict.fromkeys(NAMES, 0.25)
+        budget = _mid_payload_bits(xscale_profile, features)
+        errors = {}
+        for max_passes in (1, 2, 3):
+            controller = RateController(xscale_codec, xscale_profile, overhead_bits=0, tolerance=0.001,
+                                        max_passes=max_passes)
+            result = controller.code(features, weights, budget)
+            assert 1 <= result.passes <= max_passes
+            errors[max_passes] = abs(result.payload_bits - budget)
+        assert errors[3] <= errors[2] <= errors[1]
+        with pytest.raises(ValueError, match="max_passes >= 1"):
+            RateController(xscale_codec, xscale_profile, max_passes=0)
+
     def test_wrong_scales(self, quant_profile, tiny_features):
         controller = RateController(make_codec("quant"), quant_profile)
         features = {n: t for n, t in tiny_features[3][0].items() if n != "3"}

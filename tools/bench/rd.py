@@ -657,7 +657,7 @@ def _mfiba_point_summary(log: list[dict[str, Any]]) -> dict[str, Any]:
         "budget_error_median": float(statistics.median(abs(e) for e in errors)) if errors else None,
         "budget_error_mean_signed": float(np.mean(errors)) if errors else None,
         "phi_mean": {n: float(np.mean([e["phi"][n] for e in log])) for n in names},
-        "second_pass_fraction": float(np.mean([e["passes"] == 2 for e in log])) if log else None,
+        "corrected_fraction": float(np.mean([e["passes"] > 1 for e in log])) if log else None,
         "infeasible_frames": int(sum(not e["feasible"] for e in log)),
         "saturated_frames": int(sum(e["saturated"] for e in log)),
     }
