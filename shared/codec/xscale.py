@@ -39,19 +39,17 @@ Rebuilt with (the trainer of commit 1002e5c; its start-up defaults changed since
 """
 SYNTHETIC_CHECKPOINT = ASSETS / "xscale-synthetic.pt"
 r"""The default learned codec: cross-scale, M=128, Nz=48, D=64, 5 gain levels (phi 0..4, phi 0 starves a scale),
-for the ``synthetic`` backbone at 256 px. Trained on 2 CPU cores from a PCA-32-per-position start, 7,100 steps
-(batch 8, P2 crop 48) with the task-aware distortion, lambdas retargeted at step 2,300; transforms stored in
-float16. Training was still improving when this was exported (NOTES.md, issue 10). Rebuilt with::
+for the ``synthetic`` backbone at 256 px. Trained on 2 CPU cores from a PCA-32-per-position start, 12,000 steps
+(batch 8, P2 crop 48; 0.45 s a step idle) with the task-aware distortion, lambdas retargeted at step 2,300, the
+learning rate divided by 10 from step 10,800; transforms stored in float16 (NOTES.md, issue 10). Rebuilt with::
 
     fpnlink data synth --n 4000 --size 256 --seed 0 --out DATA
     fpnlink codec extract --data DATA/annotations/train.json --weights synthetic --min-size 256 --max-size 256 \
         --limit 1200 --out TRAIN
-    fpnlink codec train-xscale --shards TRAIN --out x.pt --steps 2300 --batch 8 --crop 48 --latent 128 \
-        --decoder 64 --pca-init --lr 2e-4 --threads 2          # --lambdas 0.1,0.5,2.5,12,60 (the default)
-    fpnlink codec train-xscale --shards TRAIN --out x.pt --resume --steps 7100 --lambdas 0.5,2.5,10,40,160
+    fpnlink codec train-xscale --shards TRAIN --out x.pt --steps 12000 --stop-at 2300 --batch 8 --crop 48 \
+        --latent 128 --decoder 64 --pca-init --lr 2e-4 --threads 2   # --lambdas 0.1,0.5,2.5,12,60 (the default)
+    fpnlink codec train-xscale --shards TRAIN --out x.pt --resume --steps 12000 --lambdas 0.5,2.5,10,40,160
     fpnlink codec export --ckpt x.pt --out shared/codec/assets/xscale-synthetic.pt --half
-
-(The first stage ran with ``--steps 12000``; only the learning-rate drop of the last 10% depends on it.)
 """
 
 
