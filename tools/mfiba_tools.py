@@ -98,7 +98,8 @@ def summary(profile: Profile) -> str:
     cal = profile.calibration
     lines = [
         f"profile: codec {profile.codec.name} ({profile.codec.fingerprint}, phi {list(profile.codec.phi_range)}, "
-        f"{profile.codec.phi_grid} grid, starve phi {profile.codec.starve_phi}), backbone {profile.backbone.weights} ({profile.backbone.fingerprint}), "
+        f"{profile.codec.phi_grid} grid, starve phi {profile.codec.starve_phi}), "
+        f"backbone {profile.backbone.weights} ({profile.backbone.fingerprint}), "
         f"input {profile.backbone.min_size}/{profile.backbone.max_size}, tasks {','.join(profile.tasks)}",
         f"calibration: {cal.get('images', '?')} image(s) from {cal.get('data') or '?'}, levels {cal.get('levels')}, "
         "mean weights " + ", ".join(f"{SCALE_NAMES.get(k, k)} {v:.3f}"
