@@ -225,7 +225,7 @@ def allocate(
         starved = [n for n, s in zip(names, pattern) if s]
         coded = [n for n, s in zip(names, pattern) if not s]
         remaining = budget_bits - sum(starve_bits[n] for n in starved)
-        if remaining <= 0 or (coded and sum(weights[n] for n in coded) <= 0):
+        if remaining < 0 or (coded and sum(weights[n] for n in coded) <= 0):
             continue
         if coded:
             minimum = sum(models[n].r_min * positions[n] for n in coded)
