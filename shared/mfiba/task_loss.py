@@ -13,7 +13,8 @@ Similarity per task (all in ``[0, 1]``):
 =============  ==========================================================================
 ``detect``     box IoU
 ``segment``    mask IoU of the binarised masks (``> 0.5``)
-``keypoints``  OKS (COCO's per-keypoint sigmas, object scale = pseudo-GT box area)
+``keypoints``  OKS (COCO's per-keypoint sigmas, object scale = pseudo-GT box area), over the detections
+               that have keypoints on both sides
 =============  ==========================================================================
 
 An empty pseudo-GT gives AP 1 when the prediction is empty too, else 0.
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
+
+from ..model.keypoint_heads import has_keypoints
 
 IOU_THRESHOLDS: np.ndarray = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS: np.ndarray = np.linspace(0.0, 1.0, 101)
@@ -84,10 +87,18 @@ def _average_precision(true_positive: np.ndarray, num_gt: int) -> float:
     return float(np.where(valid, precision[np.minimum(index, len(precision) - 1)], 0.0).sum() / len(RECALL_POINTS))
 
 
+def _with_keypoints(detections: Detections) -> Detections:
+    """The detections a keypoint branch answered (see :func:`~fpnlink.shared.model.keypoint_heads.has_keypoints`)."""
+    keep = has_keypoints(detections["keypoints"])
+    return {key: value[keep] for key, value in detections.items()}
+
+
 def pseudo_ap(pred: Detections, gt: Detections, task: str = "detect") -> float:
     """AP@[.50:.95]-like score of ``pred`` against ``gt`` (both torchvision result dicts of one image)."""
     if task not in SIMILARITY:
         raise ValueError(f"task must be one of {list(SIMILARITY)}, got {task!r}")
+    if task == "keypoints":
+        pred, gt = _with_keypoints(pred), _with_keypoints(gt)
     num_pred, num_gt = len(pred["scores"]), len(gt["scores"])
     if num_gt == 0:
         return 1.0 if num_pred == 0 else 0.0

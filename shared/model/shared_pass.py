@@ -4,7 +4,8 @@ fpnlink bundles (``synthetic``, ``fpnlink train``) train one backbone, one RPN a
 tasks, so the Faster, Mask and Keypoint R-CNN of such a bundle detect the same boxes from the same features.
 Running three :class:`~fpnlink.shared.model.split.CloudHalf` s repeats the RPN and box head three times; the
 shared pass runs them once and attaches the mask and keypoint branches to that one box head, the way
-torchvision's ``mask_rcnn.py`` and ``keypoint_rcnn.py`` attach theirs::
+torchvision's ``mask_rcnn.py`` and ``keypoint_rcnn.py`` attach theirs (the keypoint branch on the detections
+its model restricts it to, :mod:`.keypoint_heads`)::
 
     P2..P5 ──> pool ──> RPN ──> box head ──> boxes, labels, scores ──┬──> mask branch ──> masks
                         (the models' own modules, shared, not copied)  └──> keypoint branch ──> keypoints
@@ -26,6 +27,7 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
+from .keypoint_heads import KEYPOINT_PARTS, MASK_PARTS, SelectiveKeypointRoIHeads, rebuild_roi_heads
 from .split import CloudHalf
 
 
@@ -74,36 +76,34 @@ def shares_box_heads(models: Sequence[GeneralizedRCNN]) -> bool:
     return True
 
 
-def _branch(models: Sequence[GeneralizedRCNN], parts: tuple[str, str, str]) -> tuple[nn.Module, ...] | None:
-    """The one (pool, head, predictor) of a branch among ``models``; raises if two models hold different ones."""
-    found = [tuple(getattr(m.roi_heads, p) for p in parts) for m in models
-             if getattr(m.roi_heads, parts[2]) is not None]
+def _branch(models: Sequence[GeneralizedRCNN], parts: tuple[str, str, str]) -> RoIHeads | None:
+    """The ROI heads holding the one (pool, head, predictor) branch among ``models``; raises if two models hold
+    different ones."""
+    found = [m.roi_heads for m in models if getattr(m.roi_heads, parts[2]) is not None]
     for other in found[1:]:
-        if not all(same_weights(x, y) for x, y in zip(found[0], other)):
+        if not all(same_weights(getattr(found[0], p), getattr(other, p)) for p in parts):
             raise ValueError(f"two models carry different {parts[2]} branches")
     return found[0] if found else None
 
 
 def compose_shared_half(models: Sequence[GeneralizedRCNN]) -> CloudHalf:
-    """One cloud half with the first model's RPN and box head and every branch (mask, keypoint) any model has.
+    """One cloud half with the first model's RPN and box head and every branch (mask, keypoint) any model has,
+    the keypoint branch restricted to the labels its own model restricts it to
+    (:class:`~.keypoint_heads.SelectiveKeypointRoIHeads`).
 
     No check: the caller has established :func:`shares_box_heads` (see :func:`shared_cloud_half`).
     """
     base = models[0]
-    heads = base.roi_heads
-    mask = _branch(models, ("mask_roi_pool", "mask_head", "mask_predictor"))
-    keypoint = _branch(models, ("keypoint_roi_pool", "keypoint_head", "keypoint_predictor"))
-    roi_heads = RoIHeads(
-        heads.box_roi_pool, heads.box_head, heads.box_predictor,
-        heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
-        heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction, heads.box_coder.weights,
-        heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
-        mask_roi_pool=mask[0] if mask else None, mask_head=mask[1] if mask else None,
-        mask_predictor=mask[2] if mask else None,
-        keypoint_roi_pool=keypoint[0] if keypoint else None,
-        keypoint_head=keypoint[1] if keypoint else None,
-        keypoint_predictor=keypoint[2] if keypoint else None,
-    )
+    mask = _branch(models, MASK_PARTS)
+    keypoint = _branch(models, KEYPOINT_PARTS)
+    branches = {p: getattr(mask, p) for p in MASK_PARTS} if mask is not None else {}
+    if keypoint is not None:
+        branches.update({p: getattr(keypoint, p) for p in KEYPOINT_PARTS})
+    if isinstance(keypoint, SelectiveKeypointRoIHeads):
+        roi_heads = rebuild_roi_heads(base.roi_heads, SelectiveKeypointRoIHeads,
+                                      keypoint_labels=keypoint.keypoint_labels, **branches)
+    else:
+        roi_heads = rebuild_roi_heads(base.roi_heads, **branches)
     return CloudHalf(base.rpn, roi_heads, base.transform).eval()
 
 

@@ -18,6 +18,9 @@ architecture          task        outputs
 ``mask``              segment     + masks
 ``keypoint``          keypoints   + keypoints, keypoints_scores (17, COCO order)
 ====================  ==========  ===========================================
+
+A checkpoint's Keypoint R-CNN that detects ``person`` among other categories runs its keypoint head on the
+``person`` detections only (the others get zero keypoints; :mod:`.keypoint_heads`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ..errors import UnsupportedError, WeightsError
 from .fingerprint import hash_state
+from .keypoint_heads import keypoint_labels_of, select_keypoint_labels
 from .split import CloudHalf, EdgeHalf, split
 
 TASKS: tuple[str, ...] = ("detect", "segment", "keypoints")
@@ -242,8 +246,10 @@ def _checkpoint_bundle(path: Path, config: ModelConfig, archs: tuple[str, ...], 
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise WeightsError(f"checkpoint {path} does not fit a torchvision {arch} model: {exc}") from exc
-        models[arch] = model
         categories[arch] = list(meta.get("categories", {}).get(arch, [f"class{i}" for i in range(num_classes)]))
+        if arch == "keypoint" and (labels := keypoint_labels_of(categories[arch])):
+            model.roi_heads = select_keypoint_labels(model.roi_heads, labels)
+        models[arch] = model
     if not models:
         raise WeightsError(f"checkpoint {path} holds none of {list(archs)}")
     _tie_equal_backbones(models)

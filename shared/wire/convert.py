@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..codec.base import ScaleRecord
 from ..errors import BadFrameError, UnsupportedError
+from ..model.keypoint_heads import has_keypoints
 from ..model.split import SCALE_STRIDES, TRANSMITTED_SCALES
 from ._pb import fpnlink_pb2 as pb
 
@@ -125,14 +126,19 @@ def parse_frame(frame: pb.FeatureFrame) -> tuple[FrameHeader, list[ScaleRecord]]
 
 
 def task_result(task: str, detections: dict[str, Tensor], categories: list[str]) -> pb.TaskResult:
-    """One task's torchvision output dict (original coordinates) as a TaskResult; masks become RLE."""
+    """One task's torchvision output dict (original coordinates) as a TaskResult; masks become RLE.
+
+    The keypoints task lists the detections that have keypoints: a detection whose keypoints are all invisible
+    (a category the keypoint head does not serve, :mod:`fpnlink.shared.model.keypoint_heads`) is left out.
+    """
     boxes = detections["boxes"].detach().cpu().numpy()
     labels = detections["labels"].detach().cpu().numpy()
     scores = detections["scores"].detach().cpu().numpy()
     rles = _masks_to_rle(detections["masks"]) if task == "segment" and "masks" in detections else None
     keypoints = detections.get("keypoints") if task == "keypoints" else None
+    rows = range(len(boxes)) if keypoints is None else has_keypoints(keypoints).nonzero().flatten().tolist()
     out = pb.TaskResult(task=TASK_TO_PB[task])
-    for i in range(len(boxes)):
+    for i in rows:
         label = int(labels[i])
         det = out.detections.add(box=boxes[i].tolist(), label=label, score=float(scores[i]),
                                  category=categories[label] if 0 <= label < len(categories) else str(label))

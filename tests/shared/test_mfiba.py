@@ -302,6 +302,22 @@ class TestMfipPieces:
         empty = {k: v[:0] for k, v in gt.items()}
         assert pseudo_ap(empty, empty) == 1.0 and pseudo_ap(empty, gt) == 0.0 and pseudo_ap(gt, empty) == 0.0
 
+    def test_keypoint_ap_ignores_detections_without_keypoints(self):
+        poses = torch.rand(2, 17, 3, generator=torch.Generator().manual_seed(0)) * 10
+        poses[..., 2] = 1
+        gt = {"boxes": torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40.0]]), "labels": torch.tensor([6, 6]),
+              "scores": torch.tensor([0.9, 0.8]), "keypoints": poses}
+        moved = {**gt, "keypoints": poses + torch.tensor([1.0, 1.0, 0.0])}
+        shapes = {"boxes": torch.tensor([[50, 50, 60, 60.0]]), "labels": torch.tensor([1]),
+                  "scores": torch.tensor([0.95]), "keypoints": torch.zeros(1, 17, 3)}
+
+        def with_shape(d: dict) -> dict:
+            return {k: torch.cat([shapes[k], d[k]]) for k in d}
+
+        assert pseudo_ap(with_shape(moved), with_shape(gt), "keypoints") == pytest.approx(
+            pseudo_ap(moved, gt, "keypoints"))
+        assert 0 < pseudo_ap(moved, gt, "keypoints") < 1
+
     def test_fixed_and_uniform_importance(self):
         features = {n: torch.zeros(1, 1, 2, 2) for n in NAMES}
         assert make_importance("uniform")(features, [], []).weights == dict.fromkeys(NAMES, 0.25)

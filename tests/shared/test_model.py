@@ -6,11 +6,17 @@ import urllib.error
 
 import pytest
 import torch
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from fpnlink.shared.errors import UnsupportedError, WeightsError
 from fpnlink.shared.model import (
     ARCHS, TRANSMITTED_SCALES, ModelConfig, load_bundle, recompute_pool, shared_cloud_half, shares_box_heads, split,
 )
+from fpnlink.shared.model.keypoint_heads import (
+    KEYPOINT_PARTS, SelectiveKeypointRoIHeads, has_keypoints, keypoint_labels_of, rebuild_roi_heads,
+    select_keypoint_labels,
+)
+from fpnlink.shared.model.split import CloudHalf
 from fpnlink.shared.model.zoo import BUNDLE_FORMAT
 
 
@@ -91,6 +97,56 @@ class TestSharedPass:
                 assert_same_outputs(got, bundle.cloud_half(arch)(features, sizes, originals)[0], arch)
         mask.roi_heads.score_thresh = 0.5  # equal weights, other settings: separate halves
         assert shared_cloud_half([faster, mask]) is None
+
+
+class TestKeypointSelection:
+    def test_synthetic_keypoint_head_serves_persons(self, synthetic_bundle):
+        heads = synthetic_bundle.models["keypoint"].roi_heads
+        assert isinstance(heads, SelectiveKeypointRoIHeads)
+        assert heads.keypoint_labels == (synthetic_bundle.categories["keypoint"].index("person"),)
+
+    def test_labels_of_categories(self):
+        assert keypoint_labels_of(["__background__", "disc", "person"]) == (2,)
+        assert keypoint_labels_of(["__background__", "person"]) is None  # COCO: every detection is a person
+        assert keypoint_labels_of(["class0", "class1"]) is None
+
+    def test_selected_rows_equal_torchvision_and_others_are_empty(self, synthetic_bundle, tiny_image):
+        model = synthetic_bundle.models["keypoint"]
+        every_detection = rebuild_roi_heads(model.roi_heads, **{p: getattr(model.roi_heads, p) for p in KEYPOINT_PARTS})
+        assert type(every_detection) is RoIHeads
+        plain = CloudHalf(model.rpn, every_detection, model.transform)
+        with torch.inference_mode():
+            features, sizes, originals = synthetic_bundle.edge_half(["keypoints"])([tiny_image])
+            expected = plain(features, sizes, originals)[0]
+            label = int(expected["labels"][0])
+            selective = CloudHalf(model.rpn, select_keypoint_labels(model.roi_heads, [label]), model.transform)
+            got = selective(features, sizes, originals)[0]
+            none_served = CloudHalf(model.rpn, select_keypoint_labels(model.roi_heads, [10_000]), model.transform)
+            empty = none_served(features, sizes, originals)[0]
+        chosen = expected["labels"] == label
+        assert chosen.any() and not chosen.all(), "the test needs detections on both sides of the selection"
+        for key in ("boxes", "labels", "scores"):
+            assert torch.equal(got[key], expected[key])
+        torch.testing.assert_close(got["keypoints"][chosen], expected["keypoints"][chosen], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got["keypoints_scores"][chosen], expected["keypoints_scores"][chosen],
+                                   rtol=0, atol=1e-4)
+        assert torch.equal(has_keypoints(got["keypoints"]), chosen)
+        assert not got["keypoints"][~chosen].any() and not got["keypoints_scores"][~chosen].any()
+        assert empty["keypoints"].shape == expected["keypoints"].shape and not empty["keypoints"].any()
+
+    def test_needs_a_keypoint_branch_and_labels(self, tiny_bundle):
+        with pytest.raises(ValueError, match="no keypoint branch"):
+            select_keypoint_labels(tiny_bundle.models["faster"].roi_heads, [1])
+        with pytest.raises(ValueError, match="at least one label"):
+            select_keypoint_labels(tiny_bundle.models["keypoint"].roi_heads, [])
+
+    def test_synthetic_split_reproduces_monolith(self, synthetic_bundle, tiny_image):
+        model = synthetic_bundle.models["keypoint"]
+        with torch.inference_mode():
+            expected = model([tiny_image])[0]
+            got = synthetic_bundle.cloud_half("keypoint")(*synthetic_bundle.edge_half(["keypoints"])([tiny_image]))[0]
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
 
 
 class TestBundle:

@@ -109,6 +109,17 @@ class TestResults:
         assert "mask" not in plain["keypoints"][0]
         assert len(plain["keypoints"][0]["keypoints"]) == 51
 
+    def test_keypoints_task_lists_only_detections_with_keypoints(self):
+        keypoints = torch.ones(3, 17, 3)
+        keypoints[1] = 0  # a category the keypoint head does not serve
+        detections = {"boxes": torch.zeros(3, 4), "labels": torch.tensor([6, 1, 6]),
+                      "scores": torch.tensor([0.9, 0.8, 0.7]), "keypoints": keypoints,
+                      "keypoints_scores": torch.ones(3, 17)}
+        categories = ["bg", "disc", "square", "triangle", "star", "ring", "person"]
+        listed = task_result("keypoints", detections, categories).detections
+        assert [d.score for d in listed] == pytest.approx([0.9, 0.7])
+        assert len(task_result("detect", detections, categories).detections) == 3
+
     def test_rle_decodes_to_the_mask(self):
         from pycocotools import mask as mask_utils
 
