@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
-from cloud_helpers import BAD_CASE_NAMES, IMAGE_SHAPE, EdgeOutput, assert_same_task_results, bad_cases, make_frame
+from torchvision.transforms.functional import to_tensor
+from cloud_helpers import BAD_CASE_NAMES, EdgeOutput, assert_same_task_results, bad_cases, make_frame
 
 from fpnlink.cloud import CloudEngine, decode_frame, frame_digest
 from fpnlink.cloud.engine import _ResultCache
@@ -15,6 +17,7 @@ from fpnlink.shared.codec import make_codec
 from fpnlink.shared.errors import BadFrameError, FingerprintMismatchError, LimitExceededError, UnsupportedError
 from fpnlink.shared.model import TASK_ARCH, ModelBundle, ModelConfig, load_bundle
 from fpnlink.shared.wire import pb, task_result
+from fpnlink.tools.synth import render_scene
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,8 @@ def synthetic_bundle() -> ModelBundle:
 
 @pytest.fixture(scope="module")
 def synthetic_edge(synthetic_bundle) -> EdgeOutput:
-    image = torch.rand(IMAGE_SHAPE, generator=torch.Generator().manual_seed(11))
+    """A synthetic scene whose top detections hold persons and shapes (keypoints for the persons only)."""
+    image = to_tensor(render_scene(np.random.default_rng([11, 3]), 128)[0])
     with torch.inference_mode():
         features, image_sizes, original_sizes = synthetic_bundle.edge_half(["detect"])([image])
     return EdgeOutput(features, image_sizes[0], original_sizes[0], synthetic_bundle.backbone_fingerprints["faster"])
