@@ -43,7 +43,7 @@ from .rate_phi import RatePhiModel
 PROFILE_FORMAT = "fpnlink.mfiba.profile/1"
 SHIPPED_PROFILES = Path(__file__).with_name("assets")
 """Profiles shipped with fpnlink, for its shipped backbone and codecs. ``xscale-synthetic.json`` (the shipped
-xscale checkpoint on the ``synthetic`` backbone at 256 px; 22 min on 2 CPU cores) was made by::
+xscale checkpoint on the ``synthetic`` backbone at 256 px; 13 min on 2 CPU cores) was made by::
 
     fpnlink data synth --n 4000 --size 256 --seed 0 --out DATA
     fpnlink mfiba calibrate --data DATA/annotations/train.json --weights synthetic --codec xscale \
