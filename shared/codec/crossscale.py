@@ -21,8 +21,11 @@ Why this design (and not a single fused latent, L-MSFC style): with one fused la
 rate is one number, and MFIBA has nothing to allocate; conditioning the *encoder* of a finer scale on
 the decoded coarser ones would make a scale's bytes depend on the other scales' ``phi``, so MFIBA's
 per-scale rate-phi model and rate control's re-encoding of changed scales would no longer hold.
-Not yet measured against the same network with the cross-scale path cut (``context=False``,
-``fpnlink codec train-xscale --no-context``), nor against a fused latent: NOTES.md says where training stands.
+Measured against the same network with the cross-scale path cut (``context=False``, ``fpnlink codec
+train-xscale --no-context``), same recipe, both at step 2,200 (16 val images, box AP through the faster heads,
+uniform phi): BD-rate against JPEG -13.0% with the path, -18.1% without; the path against none +2.1%, within
+what 16 images resolve. So at equal early steps the path does not pay yet; whether it does at the shipped
+12,000 steps, and what a starved scale costs without it, are not measured. A fused latent is not measured.
 """
 
 from __future__ import annotations
