@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fpnlink.edge.operating_point import DEFAULT_BUDGET
+from fpnlink.shared.codec import make_codec
 from fpnlink.shared.codec.xscale import TINY_CHECKPOINT
 from fpnlink.shared.mfiba import parse_budget
 from fpnlink.shared.mfiba.control import DEFAULT_TOLERANCE
@@ -214,6 +215,14 @@ class TestPieces:
         assert rd.spread(rd.QUANT_BITS, 2) == [2, 8]
         assert rd.spread(rd.QUANT_BITS, 3) == [2, 5, 8]
         assert rd.spread(rd.IMAGE_QUALITIES, 10) == list(rd.IMAGE_QUALITIES)
+
+    def test_uniform_points_leave_out_the_starve_level(self) -> None:
+        xscale, quant = make_codec("xscale", checkpoint=TINY_CHECKPOINT), make_codec("quant")
+        low, high = xscale.phi_range
+        assert rd.uniform_phis(xscale, 4) == pytest.approx([low + (high - low) * k / 4 for k in (1, 2, 3, 4)])
+        assert min(rd.uniform_phis(xscale, 2)) > xscale.starve_phi
+        assert rd.uniform_phis(quant, 3) == pytest.approx([quant.phi_range[0], sum(quant.phi_range) / 2,
+                                                           quant.phi_range[1]])
 
     @pytest.mark.parametrize("kwargs, match", [({"configs": ("h264",)}, "configs"), ({"rate_points": 1}, "rate_points"),
                                                ({"fps": 0.0}, "fps"), ({"mfip_tasks": ("pose",)}, "mfip_tasks")])

@@ -5,7 +5,9 @@ Configurations, each at several rate points on a dataset split (``val`` by defau
     (a) raw16            fp16 features P2..P5 (one point)
     (b) quant_uniform    quant codec, the same bit depth on every scale (phi = bits 2..8)
     (c) learned_uniform  learned codec (``--learned-codec``: ``learned`` or ``xscale``), the same phi on every
-                         scale, spread over its phi_range; skipped
+                         scale, spread over its phi_range; for a codec with a starve level the points are
+                         spread above it (starving every scale sends headers only, scores AP 0 under any
+                         allocation, and would pin both BD curves to one shared point); skipped
                          (with the reason) when no learned checkpoint loads
     (d) mfiba_full       learned codec (quant when (c) is skipped: the report says which) with MFIBA
         mfiba_fast       allocation, full or fast MFIP; each frame's budget = the bytes (c) (or (b)) spent
@@ -193,6 +195,14 @@ class Stream:
         return [ARCH_METRIC[a] for a in self.archs]
 
 
+def uniform_phis(codec: FeatureCodec, count: int) -> list[float]:
+    """``count`` phi values evenly over the codec's phi_range, or over ``(starve_phi, phi_max]`` where it has one."""
+    low, high = codec.phi_range
+    if codec.starve_phi is None:
+        return [float(p) for p in np.linspace(low, high, count)]
+    return [float(p) for p in np.linspace(codec.starve_phi, high, count + 1)[1:]]
+
+
 def make_streams(bundle: ModelBundle, share_heads: bool = True) -> list[Stream]:
     groups: dict[str, list[str]] = defaultdict(list)
     for arch in bundle.models:
@@ -332,8 +342,8 @@ class RdBench:
             "quant_uniform": [{"phi": float(b)} for b in spread(QUANT_BITS, count)],
         }
         if "learned_uniform" in self.codecs:
-            low, high = self.codecs["learned_uniform"].phi_range
-            self.settings_of["learned_uniform"] = [{"phi": float(p)} for p in np.linspace(low, high, count)]
+            self.settings_of["learned_uniform"] = [{"phi": p} for p in uniform_phis(self.codecs["learned_uniform"],
+                                                                                     count)]
         for name in ("mfiba_full", "mfiba_fast"):
             self.settings_of[name] = [{"budget_of": self.anchor, "point": i}
                                       for i in range(len(self.settings_of[self.anchor]))]
