@@ -109,9 +109,17 @@ class CrossScaleHyperprior(FeatureHyperprior):
 
     def raw_output(self, hidden: Tensor, scale: int) -> Tensor:
         """The raw-domain reconstruction of one scale: the de-normalisation folded into the 1x1 ``out`` conv,
-        so the full-size map is written once."""
+        so the full-size map is written once, in the standard (contiguous) layout."""
         out, std, mean = self.branches[scale].out, self.feature_std[scale], self.feature_mean[scale]
-        return F.conv2d(hidden, out.weight * std.view(-1, 1, 1, 1), torch.addcmul(mean, out.bias, std))
+        return F.conv2d(hidden.contiguous(), out.weight * std.view(-1, 1, 1, 1), torch.addcmul(mean, out.bias, std))
+
+    def channels_last_synthesis(self) -> CrossScaleHyperprior:
+        """Keep the decoder's convolutions up to the hidden state channels-last, oneDNN's faster layout on CPU;
+        :meth:`raw_output` still writes the decoded maps contiguous."""
+        for branch in self.branches:
+            for module in (branch.g_s, branch.fuse, branch.up):
+                module.to(memory_format=torch.channels_last)
+        return self
 
     def hidden_state(self, y_hat: Tensor | None, context: Tensor | None, scale: int, size: tuple[int, int],
                      batch: int = 1) -> Tensor:

@@ -68,6 +68,7 @@ class CrossScaleCodec(LearnedCodec):
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(checkpoint, device)
+        self.model.channels_last_synthesis()
         self.starve_phi = self.phi_range[0]
 
     @staticmethod
