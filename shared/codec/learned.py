@@ -136,7 +136,10 @@ class LearnedCodec(FeatureCodec):
         return FeatureHyperprior
 
     def config(self) -> dict[str, Any]:
-        return {"format": self.model.checkpoint_format, "container": container.VERSION, **self.model.config.identity()}
+        from .hyperprior import SKIPPED_INDEX
+
+        return {"format": self.model.checkpoint_format, "container": container.VERSION, "skipped_index": SKIPPED_INDEX,
+                **self.model.config.identity()}
 
     @property
     def trained_backbone(self) -> str | None:

@@ -8,6 +8,7 @@ Regenerate it with ``GENERATE_EXPECTED=1`` after changing the checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -21,7 +22,7 @@ from payload_fuzz import fuzzed_payloads
 from fpnlink.shared.codec import LearnedCodec, ScaleRecord, available_codecs, make_codec
 from fpnlink.shared.codec.container import unpack
 from fpnlink.shared.codec.gain import GainUnits
-from fpnlink.shared.codec.hyperprior import FeatureHyperprior, HyperpriorConfig
+from fpnlink.shared.codec.hyperprior import SKIPPED_INDEX, FeatureHyperprior, HyperpriorConfig
 from fpnlink.shared.codec.intnet import EXACT_LIMIT, bound_index
 from fpnlink.shared.codec.learned import DEFAULT_CHECKPOINT, TINY_CHECKPOINT
 from fpnlink.shared.errors import CodecError, WeightsError
@@ -180,6 +181,30 @@ class TestDeterminism:
                    for r in expected["records"]]
         decoded = codec.decode(records)  # the per-substream symbol CRCs are verified inside
         assert {n: tuple(t.shape[1:]) for n, t in decoded.items()} == {r.name: r.shape for r in records}
+
+
+class TestSkippedSymbols:
+    """y symbols whose index is the smallest scale are sent as zero and left out of the y string."""
+
+    @staticmethod
+    def _decode(model: FeatureHyperprior, coded: dict, shape: tuple[int, int], scale: int) -> dict:
+        return model.decode_latents([[s + bytes(16) for s in coded["strings"][0]]], shape, scale)
+
+    def test_skipped_symbols_are_zero_and_the_rest_round_trip(self, codec):
+        x = torch.randn(1, 256, 24, 24, generator=torch.Generator().manual_seed(3))
+        coded = codec.model.compress(x, 2, 0.0)
+        skipped = coded["indexes"] == SKIPPED_INDEX
+        assert 0 < skipped.sum() < skipped.numel()
+        assert not coded["y_symbols"][skipped].any() and coded["y_symbols"][~skipped].any()
+        assert torch.equal(self._decode(codec.model, coded, (24, 24), 2)["y_symbols"], coded["y_symbols"])
+
+    def test_a_map_whose_every_symbol_is_skipped(self, codec):
+        model = copy.deepcopy(codec.model)
+        model.branch(3).h_s.layers[-1].bias.data.fill_(-50.0)  # every index at the bottom of the table
+        coded = model.compress(torch.randn(1, 256, 6, 6, generator=torch.Generator().manual_seed(4)), 3, 2.0)
+        assert (coded["indexes"] == SKIPPED_INDEX).all() and not coded["y_symbols"].any()
+        assert len(coded["strings"][0][1]) <= 16
+        assert torch.equal(self._decode(model, coded, (6, 6), 3)["y_symbols"], coded["y_symbols"])
 
 
 class TestRefusals:
