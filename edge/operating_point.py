@@ -16,7 +16,7 @@ from ..shared.mfiba import (
 )
 from ..shared.model import ModelBundle
 
-DEFAULT_BUDGET = "0.5bpp"
+DEFAULT_BUDGET = "0.6bpp"
 """The budget ``fpnlink-edge run`` and ``fpnlink demo`` use by default (its measured AP and bytes: NOTES.md)."""
 LINK_BUDGET = Budget("bits", 1.0, None, "link")
 """Placeholder budget of ``--max-kbps``: the link sets the real one before every frame."""
