@@ -54,6 +54,18 @@ class TestRoundTrip:
             assert decoded[name].shape == features[name].shape
             assert _relative_error(decoded, features, name) < 0.5
 
+    def test_channels_last_decoder_gives_contiguous_maps_equal_to_the_standard_layout(self, codec, features):
+        records = codec.encode(features, dict.fromkeys(SCALES, 2.0))
+        assert codec.model.branches[0].g_s[0].weight.is_contiguous(memory_format=torch.channels_last)
+        standard = make_codec("xscale", TINY_CHECKPOINT)
+        standard.model.to(memory_format=torch.contiguous_format)
+        assert standard.model.branches[0].g_s[0].weight.is_contiguous()
+        assert standard.fingerprint == codec.fingerprint
+        decoded, reference = codec.decode(records), standard.decode(records)
+        for name in SCALES:
+            assert decoded[name].is_contiguous()
+            torch.testing.assert_close(decoded[name], reference[name], rtol=1e-4, atol=1e-4)
+
     def test_any_phi_survives_the_wire(self, codec, features):
         # Rate control picks phi such as 3.525815366170543; the wire's ScaleRecord.phi is a float32.
         phi = {name: 1.0 + 1 / 3 + index / 7 for index, name in enumerate(SCALES)}
