@@ -1,4 +1,4 @@
-"""MFIBA calibration and its report: ``fpnlink mfiba {calibrate,report}``.
+"""MFIBA calibration and its report: ``fpnlink mfiba {calibrate,report}`` (``tune``: :mod:`.mfiba_tune`).
 
 ::
 
@@ -35,6 +35,7 @@ from ..shared.mfiba import Profile, calibrate, load_profile
 from ..shared.mfiba.importance import MAX_LEVELS
 from ..shared.model import TASK_ARCH, TASKS, ModelConfig, load_bundle
 from ..shared.model.split import SCALE_NAMES
+from . import mfiba_tune
 from .codec.images import iter_images
 
 
@@ -211,7 +212,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fpnlink mfiba {calibrate,report}``."""
+    """Add ``fpnlink mfiba {calibrate,tune,report}``."""
     parser = subparsers.add_parser("mfiba", help="MFIBA bit allocation: calibrate a profile, report its fits")
     sub = parser.add_subparsers(dest="mfiba_command", required=True)
 
@@ -233,6 +234,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_calibrate)
+
+    mfiba_tune.register(sub)
 
     p = sub.add_parser("report", help="print a profile's fits and plot them (Figs. 6 and 7)")
     p.add_argument("profile", type=Path)

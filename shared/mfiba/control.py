@@ -8,6 +8,7 @@ Per frame, with budget ``B`` (every frame bit) and the frame-overhead estimate `
                       │                        │ yes                                         │
                       └── local rho_i = bits_i / (S_i R_i(phi_i)) ── re-plan, re-encode changed scales
 
+The weights are MFIP's times the profile's per-scale ``weight_gains`` (``fpnlink mfiba tune``), normalised.
 ``R_i(phi)`` is the profile's rate-phi model (bits per position), ``S_i`` the scale's positions. A
 frame's content makes its rates differ from the calibration mean; this is absorbed by a per-scale
 multiplicative factor ``rho_i``: the running ``rho_i`` (an EMA over the stream, updated from every
@@ -240,7 +241,7 @@ class RateController:
             raise ValueError(f"budget_bits must be positive and finite, got {budget_bits}")
         positions = {n: int(features[n].shape[-2] * features[n].shape[-1]) for n in names}
         payload_budget = max(budget_bits - self.overhead_bits, 1.0)
-        ordered_weights = {n: float(weights[n]) for n in names}
+        ordered_weights = self.profile.gained_weights({n: float(weights[n]) for n in names})
 
         start = time.perf_counter()
         starve_bits = self.starve_bits(features)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -507,6 +508,9 @@ class TestProfile:
         (lambda d: d["rate_phi"]["1"].update(knots_rate=[5.0, 1.0]), "rate_phi.1"),
         (lambda d: d["fast_predictor"]["layers"][0].update(bias=[1.0]), "fast_predictor.layers\\[0\\].bias"),
         (lambda d: d.update(rate_unit="bytes"), "rate_unit"),
+        (lambda d: d.update(weight_gains={"1": 0.0}), "weight_gains.1 must be positive"),
+        (lambda d: d.update(weight_gains={"7": 2.0}), "weight_gains names scales \\['7'\\]"),
+        (lambda d: d.update(weight_gains=[2.0]), "weight_gains must be an object"),
     ])
     def test_bad_profiles_name_the_field(self, quant_profile, tmp_path, edit, message):
         broken = copy.deepcopy(quant_profile.to_dict())
@@ -517,6 +521,18 @@ class TestProfile:
         path.write_text(json.dumps(broken))
         with pytest.raises(ValueError, match="invalid MFIBA profile"):
             load_profile(path)
+
+    def test_weight_gains_round_trip_and_scale_the_weights(self, quant_profile, tmp_path):
+        assert quant_profile.weight_gains == {} and "weight_gains" in quant_profile.to_dict()
+        tuned = dataclasses.replace(quant_profile, weight_gains={"1": 3.0})
+        loaded = load_profile(tuned.save(tmp_path / "tuned.json"))
+        assert loaded.weight_gains == {"1": 3.0}
+        assert loaded.gained_weights({"0": 0.25, "1": 0.25, "2": 0.25, "3": 0.25}) == pytest.approx(
+            {"0": 1 / 6, "1": 0.5, "2": 1 / 6, "3": 1 / 6})
+        with pytest.raises(ValueError, match="positive and finite"):
+            dataclasses.replace(quant_profile, weight_gains={"1": float("nan")})
+        with pytest.raises(ValueError, match="does not have"):
+            dataclasses.replace(quant_profile, weight_gains={"P3": 2.0})
 
     def test_unreadable_files(self, tmp_path):
         with pytest.raises(ValueError, match="no MFIBA profile"):
@@ -560,6 +576,16 @@ class TestControl:
                 assert all(float(p).is_integer() for p in result.phi.values())  # quant: integer bit depths
                 errors.append(abs(actual - budget) / budget)
         assert np.median(errors) <= 0.03 and max(errors) <= 0.10, errors
+
+    def test_weight_gains_move_bits_to_their_scale(self, xscale_codec, xscale_profile, tiny_features):
+        features = tiny_features[2][0]
+        budget = _mid_payload_bits(xscale_profile, features)
+        weights = dict.fromkeys(NAMES, 0.25)
+        plain = RateController(xscale_codec, xscale_profile, overhead_bits=0).code(features, weights, budget)
+        tuned = dataclasses.replace(xscale_profile, weight_gains={"1": 8.0})
+        gained = RateController(xscale_codec, tuned, overhead_bits=0).code(features, weights, budget)
+        assert gained.planned_bits["1"] > plain.planned_bits["1"] and gained.phi["1"] >= plain.phi["1"]
+        assert sum(gained.planned_bits.values()) == pytest.approx(sum(plain.planned_bits.values()), rel=1e-6)
 
     def test_impossible_budget_is_clamped_and_flagged(self, quant_profile, tiny_features):
         controller = RateController(make_codec("quant"), quant_profile)

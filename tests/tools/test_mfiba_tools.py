@@ -1,4 +1,4 @@
-"""``fpnlink mfiba {calibrate,report}`` on tiny images, and the edge's ``--budget`` built on their profile."""
+"""``fpnlink mfiba {calibrate,tune,report}`` on tiny images, and the edge's ``--budget`` built on their profile."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fpnlink.shared.errors import FingerprintMismatchError
 from fpnlink.shared.mfiba import BudgetedCoder, RateController, load_profile, parse_budget
 from fpnlink.shared.model import TRANSMITTED_SCALES
 from fpnlink.tools.cli import main
-from fpnlink.tools.synth import render_scene
+from fpnlink.tools.synth import generate_dataset, render_scene
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,6 +62,48 @@ class TestCalibrate:
     def test_bad_levels(self, tmp_path):
         with pytest.raises(SystemExit):
             main(["mfiba", "calibrate", "--data", "synth:1", "--out", str(tmp_path / "p.json"), "--levels", "9"])
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, n=6, size=128, seed=5, val_fraction=0.34, test_fraction=0.0, progress=False)
+    return out
+
+
+class TestTune:
+    def test_scores_every_candidate_and_saves_the_best(self, profile_path, synth_dir, tmp_path, capsys):
+        out = tmp_path / "tuned.json"
+        code = main(["mfiba", "tune", str(profile_path), "--data", str(synth_dir), "--weights", "random:0",
+                     "--out", str(out), "--images", "2", "--scales", "1", "--grid", "1,3", "--phis", "2,5",
+                     "--detections", "10", "--threads", "2", "--no-progress"])
+        assert code == 0
+        tuned = load_profile(out)
+        tuning = tuned.calibration["tuning"]
+        assert tuning["images"] == 2 and tuning["phis"] == [2.0, 5.0]
+        rows = tuning["candidates"]
+        assert [row["gains"]["1"] for row in rows] == [1.0, 3.0]  # the untuned vector first, no repeat
+        best = max(rows, key=lambda row: row["mean_ap"])
+        assert tuned.weight_gains == tuning["chosen"] == best["gains"]
+        for row in rows:
+            assert len(row["ap"]) == 2 and all(0.0 <= ap <= 1.0 for ap in row["ap"])
+            assert 0.0 <= row["median_rate_error"] < 0.5  # real payloads against uniform phi's budgets
+        text = capsys.readouterr().out
+        assert "P3 3" in text and "*" in text and f"wrote {out}" in text
+        assert tuned.rate_phi.keys() == load_profile(profile_path).rate_phi.keys()
+
+    @pytest.mark.parametrize("args, message", [
+        (["--scales", "7"], "--scales must name some of the profile's scales"),
+        (["--grid", "0,1"], "--grid must hold positive gains"),
+        (["--phis", "99"], "--phis must lie in the codec's coded range"),
+        (["--skip", "100"], "none left after skipping 100"),
+        (["--weights", "random:1"], "does not match"),
+    ])
+    def test_bad_arguments(self, profile_path, synth_dir, tmp_path, capsys, args, message):
+        code = main(["mfiba", "tune", str(profile_path), "--data", str(synth_dir), "--weights", "random:0",
+                     "--out", str(tmp_path / "t.json"), "--images", "1", "--no-progress", *args])
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "t.json").exists()
 
 
 class TestReport:

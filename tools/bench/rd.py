@@ -652,7 +652,8 @@ class RdBench:
             "profiles": {str(i): {"source": m.profile_source, "tasks": list(m.profile.tasks),
                                   "phi_grid": m.profile.codec.phi_grid,
                                   "calibration_images": m.profile.calibration.get("images"),
-                                  "mean_weights": m.profile.calibration.get("mean_weights")}
+                                  "mean_weights": m.profile.calibration.get("mean_weights"),
+                                  "weight_gains": dict(m.profile.weight_gains)}
                          for i, m in self.mfiba.items()},
             "mfip_mean_weights": {mode: {n: float(np.mean([w[n] for w in ws])) for n in ws[0]}
                                   for mode, ws in self.mfip_weights.items() if ws},

@@ -1,0 +1,195 @@
+"""Per-scale weight gains for an MFIBA profile, chosen on real task accuracy: ``fpnlink mfiba tune``.
+
+The paper refines MFIP's weights by a line search on detection accuracy ("Finetuned MFIBA", Sec. 3.1).
+Here the refinement is one gain per scale, shared by every frame and stored in the profile
+(:attr:`~fpnlink.shared.mfiba.profile.Profile.weight_gains`): it corrects what the single-scale
+variants of MFIP cannot see, e.g. that P3 matters more when P2 is coded too. Per tuning image::
+
+    image ─> edge half ─> P2..P5 ─┬─> fast MFIP weights (the profile's predictor)
+                                  └─> budget_k = payload bits of uniform phi_k (k = 1..K)
+    per candidate gains g:  RateController(g)(budget_k) ─> decode ─> heads ─> COCO AP of the task
+
+The candidate with the highest mean AP over the K budgets wins (the first listed among equals, so the
+untuned ``1,...,1`` when nothing is better). Candidates are the grid ``--grid`` over the ``--scales``
+named, the other scales at 1. The table of every candidate lands in ``calibration.tuning``.
+
+Tune on images the benchmark does not evaluate (synthetic data: the train split after the images the
+profile was calibrated on; ``--skip`` defaults to their count), and judge the result with ``fpnlink bench
+rd`` on val.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..shared.codec import make_codec
+from ..shared.errors import FpnlinkError
+from ..shared.mfiba import Profile, RateController, load_profile
+from ..shared.model import TASK_ARCH, TASKS, ModelConfig, load_bundle
+from ..shared.model.split import SCALE_NAMES
+from .evaluation import ARCH_METRIC, ApAccumulator, load_dataset
+
+DEFAULT_GRID = (1.0, 2.0, 4.0)
+DEFAULT_SCALES = ("1", "2")
+"""P3 and P4: P2 is the reference (gains are relative), and P5's Eq. 3 fit is usually too flat to buy."""
+DEFAULT_PHIS = (1.0, 2.0, 3.0)
+"""Uniform phi whose payloads are the budgets (the codec's top level is left out: every plan saturates there)."""
+
+
+def candidate_gains(scales: tuple[str, ...], tuned: tuple[str, ...], grid: tuple[float, ...],
+                    ) -> list[dict[str, float]]:
+    """Every point of ``grid`` over the ``tuned`` scales (the rest at 1), the all-ones vector first."""
+    unknown = [n for n in tuned if n not in scales]
+    if unknown or not tuned:
+        raise ValueError(f"--scales must name some of the profile's scales {list(scales)}, got {list(tuned)}")
+    if not grid or any(not g > 0 for g in grid):
+        raise ValueError(f"--grid must hold positive gains, got {list(grid)}")
+    out = [dict.fromkeys(scales, 1.0)]
+    for values in itertools.product(grid, repeat=len(tuned)):
+        gains = {**dict.fromkeys(scales, 1.0), **dict(zip(tuned, values))}
+        if gains not in out:
+            out.append(gains)
+    return out
+
+
+def tune(profile: Profile, data: Path, weights: str | None, images: int, skip: int | None = None,
+         split: str = "train",
+         task: str = "detect", tuned: tuple[str, ...] = DEFAULT_SCALES, grid: tuple[float, ...] = DEFAULT_GRID,
+         phis: tuple[float, ...] = DEFAULT_PHIS, detections: int = 20, progress: bool = True) -> Profile:
+    """Search the gains (see the module docstring) and return the profile with the best ones.
+
+    ``weights`` is the backbone to load (``None``: the profile's ``backbone.weights``); ``skip`` the images of
+    the split passed over first (``None``: as many as the profile was calibrated on, which calibration takes
+    from the start of its data).
+
+    Raises:
+        ValueError: bad arguments, too few images, a profile without a fast predictor.
+        FpnlinkError: a profile that does not match the codec or the backbone.
+    """
+    if profile.fast_predictor is None:
+        raise ValueError("the profile has no fast MFIP predictor; calibrate one with `fpnlink mfiba calibrate`")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    candidates = candidate_gains(profile.scales, tuned, grid)
+    codec = make_codec(profile.codec.name)
+    low, high = profile.codec.coded_phi_range
+    if not phis or any(not low <= p <= high for p in phis):
+        raise ValueError(f"--phis must lie in the codec's coded range [{low:g}, {high:g}], got {list(phis)}")
+    arch = TASK_ARCH[task]
+    config = ModelConfig(min_size=profile.backbone.min_size, max_size=profile.backbone.max_size,
+                         detections_per_img=detections)
+    bundle = load_bundle(weights or profile.backbone.weights, config, archs=(arch,))
+    profile.check_compatible(codec, bundle.backbone_fingerprint_for([task]))
+    dataset = load_dataset(data, split)
+    skip = int(profile.calibration.get("images") or 0) if skip is None else skip
+    ids = dataset.image_ids[skip:skip + images]
+    if len(ids) < 1 or images < 1:
+        raise ValueError(f"{data} {split} has {len(dataset.image_ids)} images; none left after skipping {skip}")
+    dataset = dataclasses.replace(dataset, image_ids=ids)
+    edge, cloud = bundle.edge_half([task]).eval(), bundle.cloud_half(arch).eval()
+    scores = ApAccumulator(dataset)
+    start = time.perf_counter()
+
+    frames = []
+    with torch.inference_mode():
+        for image_id in tqdm(ids, desc="tune: features", unit="image", disable=not progress):
+            features, input_sizes, original_sizes = edge([dataset.image(image_id)])
+            budgets = [8.0 * sum(len(r.payload) for r in codec.encode(features, dict.fromkeys(features, phi)))
+                       for phi in phis]
+            frames.append((image_id, features, input_sizes, original_sizes,
+                           profile.fast_predictor.importance(features).weights, budgets))
+
+        table: list[dict[str, Any]] = []
+        for gains in tqdm(candidates, desc="tune: candidates", unit="gains", disable=not progress):
+            trial = dataclasses.replace(profile, weight_gains=gains)
+            controllers = [RateController(codec, trial, overhead_bits=0.0) for _ in phis]
+            errors = []
+            for image_id, features, input_sizes, original_sizes, mfip, budgets in frames:
+                decoded = []
+                for controller, budget in zip(controllers, budgets):
+                    result = controller.code(features, mfip, budget)
+                    errors.append(abs(result.payload_bits - budget) / budget)
+                    decoded.append(codec.decode(result.records))
+                batched = {n: torch.cat([d[n] for d in decoded]) for n in features}
+                outputs = cloud(batched, input_sizes * len(phis), original_sizes * len(phis))
+                for point, output in enumerate(outputs):
+                    scores.add((len(table), point), arch, image_id, output)
+            aps = [scores.score((len(table), p))[ARCH_METRIC[arch]]["ap"] or 0.0 for p in range(len(phis))]
+            table.append({"gains": gains, "ap": aps, "mean_ap": statistics.fmean(aps),
+                          "median_rate_error": statistics.median(errors)})
+    best = max(table, key=lambda row: row["mean_ap"])  # max keeps the first of equals
+    tuning = {"images": len(ids), "data": f"{data} ({split}, after {skip})", "task": task, "phis": list(phis),
+              "mfip": "fast", "candidates": table, "chosen": best["gains"],
+              "wall_s": round(time.perf_counter() - start, 1)}
+    return dataclasses.replace(profile, weight_gains=best["gains"],
+                               calibration={**profile.calibration, "tuning": tuning})
+
+
+def tuning_summary(profile: Profile) -> str:
+    """The candidates' mean AP as text, the chosen gains marked."""
+    tuning = profile.calibration["tuning"]
+    lines = [f"tuned on {tuning['images']} image(s) of {tuning['data']}, {tuning['task']} AP at the budgets of "
+             f"uniform phi {tuning['phis']} ({tuning['wall_s']:.0f} s)"]
+    for row in tuning["candidates"]:
+        mark = "*" if row["gains"] == tuning["chosen"] else " "
+        gains = " ".join(f"{SCALE_NAMES.get(n, n)} {g:g}" for n, g in row["gains"].items())
+        aps = " / ".join(f"{ap:.4f}" for ap in row["ap"])
+        lines.append(f" {mark} {gains:<28} AP {aps}  mean {row['mean_ap']:.4f}  "
+                     f"rate error {100 * row['median_rate_error']:.1f}%")
+    return "\n".join(lines)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        profile = load_profile(args.profile)
+        tuned = tune(profile, args.data, args.weights, args.images, args.skip, args.split, args.task,
+                     tuple(s.strip() for s in args.scales.split(",") if s.strip()), args.grid, args.phis,
+                     args.detections, not args.no_progress)
+    except (ValueError, FpnlinkError) as exc:
+        print(f"fpnlink mfiba tune: error: {exc}", file=sys.stderr)
+        return 2
+    tuned.save(args.out)
+    print(tuning_summary(tuned))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fpnlink mfiba tune`` to the ``mfiba`` subcommands."""
+    p = subparsers.add_parser("tune", help="per-scale weight gains chosen on real AP -> profile JSON",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("profile", type=Path, help="the calibrated profile to tune")
+    p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder (`fpnlink data synth`)")
+    p.add_argument("--weights", help="the backbone (default: the one the profile names, e.g. synthetic)")
+    p.add_argument("--out", type=Path, required=True, help="tuned profile JSON to write")
+    p.add_argument("--images", type=int, default=64, help="tuning images (default 64)")
+    p.add_argument("--skip", type=int, help="images of the split to skip first (default: the profile's calibration "
+                                            "image count)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"), help="split to tune on")
+    p.add_argument("--task", default="detect", choices=TASKS, help="whose AP decides (default detect: box AP)")
+    p.add_argument("--scales", default=",".join(DEFAULT_SCALES), help="scales whose gain is searched (0 = P2)")
+    p.add_argument("--grid", type=_floats, default=DEFAULT_GRID, help="gains tried on each searched scale")
+    p.add_argument("--phis", type=_floats, default=DEFAULT_PHIS, help="uniform phi whose payloads are the budgets")
+    p.add_argument("--detections", type=int, default=20, help="results kept per image")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
