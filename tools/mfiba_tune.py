@@ -2,16 +2,19 @@
 
 The paper refines MFIP's weights by a line search on detection accuracy ("Finetuned MFIBA", Sec. 3.1).
 Here the refinement is one gain per scale, shared by every frame and stored in the profile
-(:attr:`~fpnlink.shared.mfiba.profile.Profile.weight_gains`): it corrects what the single-scale
-variants of MFIP cannot see, e.g. that P3 matters more when P2 is coded too. Per tuning image::
+(:attr:`~fpnlink.shared.mfiba.profile.Profile.weight_gains`), tuned at each of a few budgets: it corrects
+what the single-scale variants of MFIP cannot see, e.g. that P3 matters more when P2 is coded coarsely
+too, and how much more depends on the budget. Per tuning image::
 
     image ─> edge half ─> P2..P5 ─┬─> fast MFIP weights (the profile's predictor)
                                   └─> budget_k = payload bits of uniform phi_k (k = 1..K)
     per candidate gains g:  RateController(g)(budget_k) ─> decode ─> heads ─> COCO AP of the task
 
-The candidate with the highest mean AP over the K budgets wins (the first listed among equals, so the
-untuned ``1,...,1`` when nothing is better). Candidates are the grid ``--grid`` over the ``--scales``
-named, the other scales at 1. The table of every candidate lands in ``calibration.tuning``.
+At each budget the candidate with the highest AP wins (the first listed among equals, so the untuned
+``1,...,1`` when nothing is better); the profile keeps one gain vector per budget, at its median rate in
+payload bits per P2 position, and rate control interpolates between them (``Profile.gains_at``).
+Candidates are the grid ``--grid`` over the ``--scales`` named, the other scales at 1. The table of
+every candidate lands in ``calibration.tuning``.
 
 Tune on images the benchmark does not evaluate (synthetic data: the train split after the images the
 profile was calibrated on; ``--skip`` defaults to their count), and judge the result with ``fpnlink bench
@@ -34,7 +37,7 @@ from tqdm import tqdm
 
 from ..shared.codec import make_codec
 from ..shared.errors import FpnlinkError
-from ..shared.mfiba import Profile, RateController, load_profile
+from ..shared.mfiba import GainPoint, Profile, RateController, load_profile
 from ..shared.model import TASK_ARCH, TASKS, ModelConfig, load_bundle
 from ..shared.model.split import SCALE_NAMES
 from .evaluation import ARCH_METRIC, ApAccumulator, load_dataset
@@ -101,6 +104,7 @@ def tune(profile: Profile, data: Path, weights: str | None, images: int, skip: i
     start = time.perf_counter()
 
     frames = []
+    finest = profile.scales[0]
     with torch.inference_mode():
         for image_id in tqdm(ids, desc="tune: features", unit="image", disable=not progress):
             features, input_sizes, original_sizes = edge([dataset.image(image_id)])
@@ -109,9 +113,11 @@ def tune(profile: Profile, data: Path, weights: str | None, images: int, skip: i
             frames.append((image_id, features, input_sizes, original_sizes,
                            profile.fast_predictor.importance(features).weights, budgets))
 
+        rates = [statistics.median(budgets[k] / _positions(features[finest]) for _, features, *_, budgets in frames)
+                 for k in range(len(phis))]
         table: list[dict[str, Any]] = []
         for gains in tqdm(candidates, desc="tune: candidates", unit="gains", disable=not progress):
-            trial = dataclasses.replace(profile, weight_gains=gains)
+            trial = dataclasses.replace(profile, weight_gains=(GainPoint(1.0, gains),))
             controllers = [RateController(codec, trial, overhead_bits=0.0) for _ in phis]
             errors = []
             for image_id, features, input_sizes, original_sizes, mfip, budgets in frames:
@@ -127,25 +133,32 @@ def tune(profile: Profile, data: Path, weights: str | None, images: int, skip: i
             aps = [scores.score((len(table), p))[ARCH_METRIC[arch]]["ap"] or 0.0 for p in range(len(phis))]
             table.append({"gains": gains, "ap": aps, "mean_ap": statistics.fmean(aps),
                           "median_rate_error": statistics.median(errors)})
-    best = max(table, key=lambda row: row["mean_ap"])  # max keeps the first of equals
+    chosen = [max(table, key=lambda row: row["ap"][k])["gains"] for k in range(len(phis))]  # first of equals
+    points = tuple(GainPoint(rate, gains) for rate, gains in sorted(zip(rates, chosen), key=lambda p: p[0]))
     tuning = {"images": len(ids), "data": f"{data} ({split}, after {skip})", "task": task, "phis": list(phis),
-              "mfip": "fast", "candidates": table, "chosen": best["gains"],
+              "rates": rates, "mfip": "fast", "candidates": table, "chosen": chosen,
               "wall_s": round(time.perf_counter() - start, 1)}
-    return dataclasses.replace(profile, weight_gains=best["gains"],
-                               calibration={**profile.calibration, "tuning": tuning})
+    return dataclasses.replace(profile, weight_gains=points, calibration={**profile.calibration, "tuning": tuning})
+
+
+def _positions(tensor: torch.Tensor) -> int:
+    return int(tensor.shape[-2] * tensor.shape[-1])
 
 
 def tuning_summary(profile: Profile) -> str:
-    """The candidates' mean AP as text, the chosen gains marked."""
+    """The candidates' AP at each budget as text, each budget's chosen gains marked ``*``."""
     tuning = profile.calibration["tuning"]
     lines = [f"tuned on {tuning['images']} image(s) of {tuning['data']}, {tuning['task']} AP at the budgets of "
              f"uniform phi {tuning['phis']} ({tuning['wall_s']:.0f} s)"]
     for row in tuning["candidates"]:
-        mark = "*" if row["gains"] == tuning["chosen"] else " "
         gains = " ".join(f"{SCALE_NAMES.get(n, n)} {g:g}" for n, g in row["gains"].items())
-        aps = " / ".join(f"{ap:.4f}" for ap in row["ap"])
-        lines.append(f" {mark} {gains:<28} AP {aps}  mean {row['mean_ap']:.4f}  "
+        aps = " / ".join(f"{ap:.4f}{'*' if row['gains'] == chosen else ' '}"
+                         for ap, chosen in zip(row["ap"], tuning["chosen"]))
+        lines.append(f"  {gains:<28} AP {aps}  mean {row['mean_ap']:.4f}  "
                      f"rate error {100 * row['median_rate_error']:.1f}%")
+    lines.append("gains at " + "; ".join(
+        f"{p.rate:.3g} bits/position: " + " ".join(f"{SCALE_NAMES.get(n, n)} {g:g}" for n, g in p.gains.items())
+        for p in profile.weight_gains))
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from .importance import (
 )
 from .loss_rate import CauchyFit, FitQuality, LossRateModel, QuadraticFit, fit_cauchy, fit_loss_rate, fit_quadratic
 from .profile import (
-    PROFILE_FORMAT, SHIPPED_PROFILES, BackboneInfo, CodecInfo, Profile, load_profile, profile_from_dict,
+    PROFILE_FORMAT, SHIPPED_PROFILES, BackboneInfo, CodecInfo, GainPoint, Profile, load_profile, profile_from_dict,
     shipped_profile, shipped_profiles,
 )
 from .rate_phi import RatePhiModel, fit_rate_phi
@@ -30,7 +30,7 @@ from .task_loss import pseudo_ap, task_loss
 
 __all__ = [
     "K_FPN", "PROFILE_FORMAT", "SHIPPED_PROFILES", "Allocation", "BackboneInfo", "Budget", "BudgetedCoder", "CauchyFit", "CodecInfo",
-    "ControlResult", "FastPredictor", "FitQuality", "FullMfip", "Importance", "InfeasibleBudgetError",
+    "ControlResult", "FastPredictor", "FitQuality", "FullMfip", "GainPoint", "Importance", "InfeasibleBudgetError",
     "LossRateModel", "MfipMode", "Profile", "QuadraticFit", "RateController", "RateDecision", "RatePhiModel",
     "ScaleRateModel",
     "allocate", "calibrate", "closed_form_rates", "detect_phi_grid", "feature_stats", "fit_cauchy",

@@ -8,7 +8,7 @@ Per frame, with budget ``B`` (every frame bit) and the frame-overhead estimate `
                       │                        │ yes                                         │
                       └── local rho_i = bits_i / (S_i R_i(phi_i)) ── re-plan, re-encode changed scales
 
-The weights are MFIP's times the profile's per-scale ``weight_gains`` (``fpnlink mfiba tune``), normalised.
+The weights are MFIP's times the profile's per-scale gains at the frame's budget (``Profile.gains_at``), normalised.
 ``R_i(phi)`` is the profile's rate-phi model (bits per position), ``S_i`` the scale's positions. A
 frame's content makes its rates differ from the calibration mean; this is absorbed by a per-scale
 multiplicative factor ``rho_i``: the running ``rho_i`` (an EMA over the stream, updated from every
@@ -241,7 +241,9 @@ class RateController:
             raise ValueError(f"budget_bits must be positive and finite, got {budget_bits}")
         positions = {n: int(features[n].shape[-2] * features[n].shape[-1]) for n in names}
         payload_budget = max(budget_bits - self.overhead_bits, 1.0)
-        ordered_weights = self.profile.gained_weights({n: float(weights[n]) for n in names})
+        finest = self.profile.scales[0]
+        ordered_weights = self.profile.gained_weights({n: float(weights[n]) for n in names},
+                                                      payload_budget / positions[finest])
 
         start = time.perf_counter()
         starve_bits = self.starve_bits(features)

@@ -15,7 +15,7 @@ Layout (every rate in bits per spatial position of its scale, every loss ``1 - A
       "rate_phi": {"0": {"kind": "linear" | "pchip", "a", "b",   # Eq. 7 (+ spline knots)
                          "knots_phi": [...], "knots_rate": [...], "cc", "rmse", "line_cc", "line_rmse"}, ...},
       "fast_predictor": {...} | null,                            # .fast_predictor parameters
-      "weight_gains": {"0": g, ...},                             # `fpnlink mfiba tune`; absent: 1 each
+      "weight_gains": [{"rate": R, "gains": {"0": g, ...}}, ...],  # `fpnlink mfiba tune`; absent: 1 each
       "calibration": {...},                                      # images, levels, timings, mean weights...
       "samples": {"loss_rate": [[scale, w, d, R], ...], "rate_phi": [[scale, phi, R], ...]}
     }
@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..codec.base import FeatureCodec
 from ..errors import FingerprintMismatchError
@@ -51,8 +53,6 @@ xscale checkpoint on the ``synthetic`` backbone at 256 px; 13 min on 2 CPU cores
     fpnlink mfiba calibrate --data DATA/annotations/train.json --weights synthetic --codec xscale \
         --out xscale-synthetic.json --images 100 --levels 2 --min-size 256 --max-size 256 \
         --tasks detect,segment,keypoints --detections 20 --threads 2
-    fpnlink mfiba tune xscale-synthetic.json --data DATA --out xscale-synthetic.json --images 128 --skip 100 \
-        --threads 2   # weight gains on box AP, 128 further train images: P3 x4 (25 min)
 
 Re-make it whenever the codec or the backbone changes (its fingerprints no longer match, and it is skipped).
 """
@@ -96,6 +96,14 @@ class BackboneInfo:
 
 
 @dataclass(frozen=True)
+class GainPoint:
+    """Weight gains tuned at one budget: ``rate`` in payload bits per position of the finest scale (P2)."""
+
+    rate: float
+    gains: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Profile:
     """Fitted MFIBA parameters for one (codec, backbone) pair.
 
@@ -103,8 +111,8 @@ class Profile:
         loss_rate: Eq. 3, global and per scale (with the quadratic baseline).
         rate_phi: scale -> Eq. 7 model (line or monotone spline) over ``codec.coded_phi_range``.
         fast_predictor: the fast-MFIP predictor, when calibration trained one.
-        weight_gains: scale -> gain on its MFIP weight before allocation (``fpnlink mfiba tune``, the
-            paper's finetuned weights); a scale not named keeps gain 1.
+        weight_gains: gains on the MFIP weights before allocation, tuned at a few budgets (``fpnlink mfiba
+            tune``, the paper's finetuned weights), in increasing ``rate``; empty: every gain 1.
         calibration: metadata (images, levels, timings, mean weights, data source).
         samples: the calibration points behind the fits (for reports).
     """
@@ -118,15 +126,19 @@ class Profile:
     calibration: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[list[Any]]] = field(default_factory=dict)
     k: int = K_FPN
-    weight_gains: dict[str, float] = field(default_factory=dict)
+    weight_gains: tuple[GainPoint, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.weight_gains) - set(self.rate_phi))
-        if unknown:
-            raise ValueError(f"weight_gains name scales {unknown} the profile does not have {list(self.rate_phi)}")
-        bad = {n: g for n, g in self.weight_gains.items() if not (math.isfinite(g) and g > 0)}
-        if bad:
-            raise ValueError(f"weight_gains must be positive and finite, got {bad}")
+        rates = [point.rate for point in self.weight_gains]
+        if any(not (math.isfinite(r) and r > 0) for r in rates) or rates != sorted(set(rates)):
+            raise ValueError(f"weight_gains rates must be positive, finite and increasing, got {rates}")
+        for point in self.weight_gains:
+            unknown = sorted(set(point.gains) - set(self.rate_phi))
+            if unknown:
+                raise ValueError(f"weight_gains name scales {unknown} the profile does not have {list(self.rate_phi)}")
+            bad = {n: g for n, g in point.gains.items() if not (math.isfinite(g) and g > 0)}
+            if bad:
+                raise ValueError(f"weight_gains must be positive and finite, got {bad}")
 
     @property
     def scales(self) -> tuple[str, ...]:
@@ -140,9 +152,23 @@ class Profile:
             out[name] = ScaleRateModel(fit.alpha, fit.beta, model.r_min, model.r_max)
         return out
 
-    def gained_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
-        """MFIP weights times :attr:`weight_gains`, normalised to sum 1 (the weights allocation uses)."""
-        gained = {n: float(w) * self.weight_gains.get(n, 1.0) for n, w in weights.items()}
+    def gains_at(self, rate: float) -> dict[str, float]:
+        """Each scale's weight gain at a budget of ``rate`` payload bits per position of the finest scale.
+
+        Between tuned budgets ``log gain`` is linear in ``log rate``; outside them the nearest one holds.
+        """
+        points = self.weight_gains
+        if not points:
+            return dict.fromkeys(self.scales, 1.0)
+        rates = np.log([p.rate for p in points])
+        where = float(np.log(rate)) if rate > 0 else -math.inf
+        return {n: float(np.exp(np.interp(where, rates, np.log([p.gains.get(n, 1.0) for p in points]))))
+                for n in self.scales}
+
+    def gained_weights(self, weights: Mapping[str, float], rate: float) -> dict[str, float]:
+        """MFIP weights times :meth:`gains_at` ``rate``, normalised to sum 1 (the weights allocation uses)."""
+        gains = self.gains_at(rate)
+        gained = {n: float(w) * gains.get(n, 1.0) for n, w in weights.items()}
         total = sum(gained.values())
         return {n: w / total for n, w in gained.items()} if total > 0 else gained
 
@@ -180,7 +206,7 @@ class Profile:
             },
             "rate_phi": {n: _rate_phi_dict(m) for n, m in self.rate_phi.items()},
             "fast_predictor": None if self.fast_predictor is None else self.fast_predictor.to_params(),
-            "weight_gains": dict(self.weight_gains),
+            "weight_gains": [{"rate": p.rate, "gains": dict(p.gains)} for p in self.weight_gains],
             "calibration": self.calibration,
             "samples": self.samples,
         }
@@ -358,19 +384,28 @@ def profile_from_dict(obj: Any) -> Profile:
     if predictor is not None and predictor.scales != tuple(rate_phi):
         raise ValueError(f"profile field fast_predictor.scales {list(predictor.scales)} differ from rate_phi's "
                          f"{list(rate_phi)}")
-    gains_raw = obj.get("weight_gains", {})
-    if not isinstance(gains_raw, dict):
-        raise ValueError("profile field weight_gains must be an object of scales")
-    gains = {n: _num(gains_raw, n, "weight_gains", positive=True) for n in gains_raw}
-    unknown = sorted(set(gains) - set(rate_phi))
-    if unknown:
-        raise ValueError(f"profile field weight_gains names scales {unknown} that rate_phi lacks")
+    gains_raw = obj.get("weight_gains", [])
+    if not isinstance(gains_raw, list):
+        raise ValueError("profile field weight_gains must be a list of {rate, gains}")
+    gain_points = []
+    for i, point in enumerate(gains_raw):
+        where = f"weight_gains[{i}]"
+        rate = _num(point, "rate", where, positive=True)
+        gains = _get(point, "gains", where)
+        if not isinstance(gains, dict):
+            raise ValueError(f"profile field {where}.gains must be an object of scales")
+        unknown = sorted(set(gains) - set(rate_phi))
+        if unknown:
+            raise ValueError(f"profile field {where}.gains names scales {unknown} that rate_phi lacks")
+        gain_points.append(GainPoint(rate, {n: _num(gains, n, f"{where}.gains", positive=True) for n in gains}))
+    if [p.rate for p in gain_points] != sorted({p.rate for p in gain_points}):
+        raise ValueError("profile field weight_gains must be in increasing rate, each rate once")
     calibration = obj.get("calibration", {})
     samples = obj.get("samples", {})
     if not isinstance(calibration, dict) or not isinstance(samples, dict):
         raise ValueError("profile fields calibration and samples must be objects")
     return Profile(codec_info, backbone_info, tuple(tasks), LossRateModel(global_fit, scale_fits, quadratic),
-                   rate_phi, predictor, calibration, samples, k, gains)  # type: ignore[arg-type]
+                   rate_phi, predictor, calibration, samples, k, tuple(gain_points))  # type: ignore[arg-type]
 
 
 def load_profile(path: str | Path) -> Profile:

@@ -14,7 +14,7 @@ import torch
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.errors import FingerprintMismatchError
 from fpnlink.shared.mfiba import (
-    BackboneInfo, BudgetedCoder, CodecInfo, FullMfip, InfeasibleBudgetError, Profile, RateController, RateDecision,
+    BackboneInfo, BudgetedCoder, CodecInfo, FullMfip, GainPoint, InfeasibleBudgetError, Profile, RateController, RateDecision,
     ScaleRateModel, allocate,
     closed_form_rates, feature_stats, fit_cauchy, fit_loss_rate, fit_quadratic, fit_rate_phi, load_profile,
     make_importance, normalise_losses, parse_budget, parse_mfip_mode, profile_from_dict, pseudo_ap,
@@ -508,9 +508,13 @@ class TestProfile:
         (lambda d: d["rate_phi"]["1"].update(knots_rate=[5.0, 1.0]), "rate_phi.1"),
         (lambda d: d["fast_predictor"]["layers"][0].update(bias=[1.0]), "fast_predictor.layers\\[0\\].bias"),
         (lambda d: d.update(rate_unit="bytes"), "rate_unit"),
-        (lambda d: d.update(weight_gains={"1": 0.0}), "weight_gains.1 must be positive"),
-        (lambda d: d.update(weight_gains={"7": 2.0}), "weight_gains names scales \\['7'\\]"),
-        (lambda d: d.update(weight_gains=[2.0]), "weight_gains must be an object"),
+        (lambda d: d.update(weight_gains=[{"rate": 1.0, "gains": {"1": 0.0}}]),
+         "weight_gains\\[0\\].gains.1 must be positive"),
+        (lambda d: d.update(weight_gains=[{"rate": 1.0, "gains": {"7": 2.0}}]), "names scales \\['7'\\]"),
+        (lambda d: d.update(weight_gains=[{"rate": -1.0, "gains": {}}]), "weight_gains\\[0\\].rate must be positive"),
+        (lambda d: d.update(weight_gains=[{"rate": 2.0, "gains": {}}, {"rate": 1.0, "gains": {}}]),
+         "increasing rate"),
+        (lambda d: d.update(weight_gains={"1": 2.0}), "weight_gains must be a list"),
     ])
     def test_bad_profiles_name_the_field(self, quant_profile, tmp_path, edit, message):
         broken = copy.deepcopy(quant_profile.to_dict())
@@ -523,16 +527,20 @@ class TestProfile:
             load_profile(path)
 
     def test_weight_gains_round_trip_and_scale_the_weights(self, quant_profile, tmp_path):
-        assert quant_profile.weight_gains == {} and "weight_gains" in quant_profile.to_dict()
-        tuned = dataclasses.replace(quant_profile, weight_gains={"1": 3.0})
+        assert quant_profile.weight_gains == () and quant_profile.gains_at(1.0) == dict.fromkeys(NAMES, 1.0)
+        tuned = dataclasses.replace(quant_profile, weight_gains=(GainPoint(1.0, {"1": 4.0}), GainPoint(4.0, {})))
         loaded = load_profile(tuned.save(tmp_path / "tuned.json"))
-        assert loaded.weight_gains == {"1": 3.0}
-        assert loaded.gained_weights({"0": 0.25, "1": 0.25, "2": 0.25, "3": 0.25}) == pytest.approx(
-            {"0": 1 / 6, "1": 0.5, "2": 1 / 6, "3": 1 / 6})
+        assert loaded.weight_gains == tuned.weight_gains
+        assert loaded.gains_at(0.5)["1"] == pytest.approx(4.0) and loaded.gains_at(9.0)["1"] == pytest.approx(1.0)
+        assert loaded.gains_at(2.0) == pytest.approx({"0": 1.0, "1": 2.0, "2": 1.0, "3": 1.0})  # log-linear
+        assert loaded.gained_weights(dict.fromkeys(NAMES, 0.25), 1.0) == pytest.approx(
+            {"0": 1 / 7, "1": 4 / 7, "2": 1 / 7, "3": 1 / 7})
         with pytest.raises(ValueError, match="positive and finite"):
-            dataclasses.replace(quant_profile, weight_gains={"1": float("nan")})
+            dataclasses.replace(quant_profile, weight_gains=(GainPoint(1.0, {"1": float("nan")}),))
         with pytest.raises(ValueError, match="does not have"):
-            dataclasses.replace(quant_profile, weight_gains={"P3": 2.0})
+            dataclasses.replace(quant_profile, weight_gains=(GainPoint(1.0, {"P3": 2.0}),))
+        with pytest.raises(ValueError, match="increasing"):
+            dataclasses.replace(quant_profile, weight_gains=(GainPoint(2.0, {}), GainPoint(2.0, {})))
 
     def test_unreadable_files(self, tmp_path):
         with pytest.raises(ValueError, match="no MFIBA profile"):
@@ -582,7 +590,7 @@ class TestControl:
         budget = _mid_payload_bits(xscale_profile, features)
         weights = dict.fromkeys(NAMES, 0.25)
         plain = RateController(xscale_codec, xscale_profile, overhead_bits=0).code(features, weights, budget)
-        tuned = dataclasses.replace(xscale_profile, weight_gains={"1": 8.0})
+        tuned = dataclasses.replace(xscale_profile, weight_gains=(GainPoint(1.0, {"1": 8.0}),))
         gained = RateController(xscale_codec, tuned, overhead_bits=0).code(features, weights, budget)
         assert gained.planned_bits["1"] > plain.planned_bits["1"] and gained.phi["1"] >= plain.phi["1"]
         assert sum(gained.planned_bits.values()) == pytest.approx(sum(plain.planned_bits.values()), rel=1e-6)

@@ -83,8 +83,10 @@ class TestTune:
         assert tuning["images"] == 2 and tuning["phis"] == [2.0, 5.0]
         rows = tuning["candidates"]
         assert [row["gains"]["1"] for row in rows] == [1.0, 3.0]  # the untuned vector first, no repeat
-        best = max(rows, key=lambda row: row["mean_ap"])
-        assert tuned.weight_gains == tuning["chosen"] == best["gains"]
+        best = [max(rows, key=lambda row: row["ap"][k])["gains"] for k in range(2)]
+        assert tuning["chosen"] == best
+        assert [p.gains for p in tuned.weight_gains] == best and tuning["rates"][0] < tuning["rates"][1]
+        assert [p.rate for p in tuned.weight_gains] == tuning["rates"]
         for row in rows:
             assert len(row["ap"]) == 2 and all(0.0 <= ap <= 1.0 for ap in row["ap"])
             assert 0.0 <= row["median_rate_error"] < 0.5  # real payloads against uniform phi's budgets
