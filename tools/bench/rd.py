@@ -653,7 +653,7 @@ class RdBench:
                                   "phi_grid": m.profile.codec.phi_grid,
                                   "calibration_images": m.profile.calibration.get("images"),
                                   "mean_weights": m.profile.calibration.get("mean_weights"),
-                                  "weight_gains": dict(m.profile.weight_gains)}
+                                  "weight_gains": m.profile.to_dict()["weight_gains"]}
                          for i, m in self.mfiba.items()},
             "mfip_mean_weights": {mode: {n: float(np.mean([w[n] for w in ws])) for n in ws[0]}
                                   for mode, ws in self.mfip_weights.items() if ws},
