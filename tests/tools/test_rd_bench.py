@@ -6,6 +6,7 @@ written, every JSON key is present, and every number is finite or null with a re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from fpnlink.edge.operating_point import DEFAULT_BUDGET
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.codec.xscale import TINY_CHECKPOINT
-from fpnlink.shared.mfiba import parse_budget
+from fpnlink.shared.mfiba import GainPoint, load_profile, parse_budget
 from fpnlink.shared.mfiba.control import DEFAULT_TOLERANCE
 from fpnlink.shared.model import ModelConfig, load_bundle
 from fpnlink.tools import image_coding
@@ -190,6 +191,22 @@ class TestEdgeDefault:
         assert set(edge["ap_delta_vs_uncompressed"]) == set(METRICS)
         text = (out / "report.md").read_text()
         assert "## Edge default operating point" in text and "quality-75 JPEG" in text
+
+    def test_a_tuned_profile_is_used_and_reported(self, edge_report: tuple[dict[str, Any], Path, Path],
+                                                   tmp_path: Path) -> None:
+        _, out, root = edge_report
+        calibrated = load_profile(out / "profile_xscale_stream0.json")
+        tuned = dataclasses.replace(calibrated, weight_gains=(GainPoint(1.0, {"1": 4.0}), GainPoint(8.0, {})))
+        settings = rd.RdSettings(
+            data=root, weights="random:0", out=tmp_path, quick=True, images=1, learned_codec="xscale",
+            learned_ckpt=str(TINY_CHECKPOINT), size=NET, profile=tuned.save(tmp_path / "tuned.json"),
+            detections_per_img=2, configs=("edge_default",), progress=False, command="test",
+        )
+        rd.run_rd_bench(settings)
+        report = json.loads((tmp_path / "rd.json").read_text(), parse_constant=_no_nan)
+        assert report["mfiba"]["profiles"]["0"]["weight_gains"] == [
+            {"rate": 1.0, "gains": {"1": 4.0}}, {"rate": 8.0, "gains": {}}]
+        assert report["edge_default"]["ran"]
 
     def test_summary_of_a_report(self) -> None:
         entry = {"skipped": None, "detail": [{
