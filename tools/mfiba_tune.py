@@ -66,10 +66,9 @@ def candidate_gains(scales: tuple[str, ...], tuned: tuple[str, ...], grid: tuple
 
 
 def tune(profile: Profile, data: Path, weights: str | None, images: int, skip: int | None = None,
-         split: str = "train",
-         task: str = "detect", tuned: tuple[str, ...] = DEFAULT_SCALES, grid: tuple[float, ...] = DEFAULT_GRID,
+         split: str = "train", task: str = "detect", tuned: tuple[str, ...] = DEFAULT_SCALES, grid: tuple[float, ...] = DEFAULT_GRID,
          phis: tuple[float, ...] = DEFAULT_PHIS, detections: int = 20, progress: bool = True) -> Profile:
-    """Search the gains (see the module docstring) and return the profile with the best ones.
+    """Search the gains (see the module docstring) and return the profile with each budget's best ones.
 
     ``weights`` is the backbone to load (``None``: the profile's ``backbone.weights``); ``skip`` the images of
     the split passed over first (``None``: as many as the profile was calibrated on, which calibration takes
@@ -86,8 +85,9 @@ def tune(profile: Profile, data: Path, weights: str | None, images: int, skip: i
     candidates = candidate_gains(profile.scales, tuned, grid)
     codec = make_codec(profile.codec.name)
     low, high = profile.codec.coded_phi_range
-    if not phis or any(not low <= p <= high for p in phis):
-        raise ValueError(f"--phis must lie in the codec's coded range [{low:g}, {high:g}], got {list(phis)}")
+    if not phis or any(not low <= p <= high for p in phis) or list(phis) != sorted(set(phis)):
+        raise ValueError(f"--phis must be increasing and lie in the codec's coded range [{low:g}, {high:g}], "
+                         f"got {list(phis)}")
     arch = TASK_ARCH[task]
     config = ModelConfig(min_size=profile.backbone.min_size, max_size=profile.backbone.max_size,
                          detections_per_img=detections)

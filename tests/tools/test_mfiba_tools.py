@@ -97,7 +97,8 @@ class TestTune:
     @pytest.mark.parametrize("args, message", [
         (["--scales", "7"], "--scales must name some of the profile's scales"),
         (["--grid", "0,1"], "--grid must hold positive gains"),
-        (["--phis", "99"], "--phis must lie in the codec's coded range"),
+        (["--phis", "99"], "lie in the codec's coded range"),
+        (["--phis", "3,2"], "--phis must be increasing"),
         (["--skip", "100"], "none left after skipping 100"),
         (["--weights", "random:1"], "does not match"),
     ])
