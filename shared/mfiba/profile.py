@@ -54,7 +54,7 @@ xscale checkpoint on the ``synthetic`` backbone at 256 px; 13 min on 2 CPU cores
         --out xscale-synthetic.json --images 100 --levels 2 --min-size 256 --max-size 256 \
         --tasks detect,segment,keypoints --detections 20 --threads 2
     fpnlink mfiba tune xscale-synthetic.json --data DATA --out xscale-synthetic.json --images 128 --skip 100 \
-        --scales 1 --grid 1,2,4,8 --threads 2   # P3 gains x4 / x2 / x4 at the three budgets (11 min)
+        --scales 1 --grid 1,0.5,2,4,8 --phis 1,2,3,3.5 --threads 2   # P3 x4 / x2 / x4 / x1 (23 min)
 
 Re-make it whenever the codec or the backbone changes (its fingerprints no longer match, and it is skipped).
 """
