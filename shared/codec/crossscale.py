@@ -113,6 +113,13 @@ class CrossScaleHyperprior(FeatureHyperprior):
         out, std, mean = self.branches[scale].out, self.feature_std[scale], self.feature_mean[scale]
         return F.conv2d(hidden.contiguous(), out.weight * std.view(-1, 1, 1, 1), torch.addcmul(mean, out.bias, std))
 
+    def synthesis_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of the decoder side only (``g_s``, ``fuse``, ``up``, ``out`` of every scale):
+        what a decoder-only fine-tune trains, leaving every bitstream as it was."""
+        parts = ("g_s", "fuse", "up", "out")
+        return [(name, param) for name, param in self.named_parameters()
+                if name.startswith("branches.") and name.split(".")[2] in parts]
+
     def channels_last_synthesis(self) -> CrossScaleHyperprior:
         """Keep the decoder's convolutions up to the hidden state channels-last, oneDNN's faster layout on CPU;
         :meth:`raw_output` still writes the decoded maps contiguous."""

@@ -233,6 +233,32 @@ class TestTrainXscale:
         decoded = codec.decode(codec.encode(frame, dict.fromkeys(frame, 1.0)))
         assert all(decoded[n].shape == frame[n].shape for n in frame)
 
+    def test_decoder_only_fine_tune_keeps_the_bitstream(self, shards, tmp_path):
+        from fpnlink.shared.codec import CrossScaleCodec, container
+
+        common = ["--shards", str(shards), "--batch", "2", "--crop", "16", "--no-progress"]
+        assert _cli("train-xscale", *common, "--out", str(tmp_path / "base.pt"), "--steps", "2", *self.ARCH) == 0
+        assert _cli("export", "--ckpt", str(tmp_path / "base.pt"), "--out", str(tmp_path / "base-codec.pt")) == 0
+        assert _cli("train-xscale", *common, "--out", str(tmp_path / "tuned.pt"), "--steps", "3", "--lr", "0.01",
+                    "--fine-tune", str(tmp_path / "base-codec.pt"), "--decoder-only", "--lambdas", "1,64,1024") == 0
+        settings = torch.load(tmp_path / "tuned.pt", weights_only=True)["train"]["settings"]
+        assert settings["decoder_only"] and settings["decoder"] == 8 and settings["latent"] == 8
+        assert _cli("export", "--ckpt", str(tmp_path / "tuned.pt"), "--out", str(tmp_path / "tuned-codec.pt")) == 0
+        base, tuned = CrossScaleCodec(tmp_path / "base-codec.pt"), CrossScaleCodec(tmp_path / "tuned-codec.pt")
+        assert base.fingerprint != tuned.fingerprint
+        frame = {n: FeatureShards(shards).features[n][0].float()[None] for n in "0123"}
+        phi = dict.fromkeys(frame, 1.5)
+        before, after = base.encode(frame, phi), tuned.encode(frame, phi)
+        assert [container.unpack(r.payload)[1] for r in before] == [container.unpack(r.payload)[1] for r in after]
+        assert not torch.equal(base.decode(before)["0"], tuned.decode(after)["0"])
+
+    def test_fine_tune_needs_lambdas_and_decoder_only_needs_a_codec(self, shards, tmp_path):
+        common = ["--shards", str(shards), "--out", str(tmp_path / "x.pt"), "--batch", "2", "--crop", "16",
+                  "--steps", "1", "--no-progress"]
+        assert _cli("train-xscale", *common, "--fine-tune", str(tmp_path / "missing.pt")) == 2
+        assert _cli("train-xscale", *common, "--decoder-only", *self.ARCH) == 2
+        assert not (tmp_path / "x.pt").exists()
+
     def test_ablations_build_the_smaller_network(self, shards, tmp_path):
         out = tmp_path / "ablation.pt"
         assert _cli("train-xscale", "--shards", str(shards), "--out", str(out), "--batch", "2", "--crop", "16",

@@ -8,7 +8,8 @@
         Writes P2..P5 ('0'..'3') as fp16 in shard-NNNNN.pt files plus manifest.json.
     fpnlink codec train --shards SHARDS --out CKPT [--steps --batch --lr --device auto --resume ...]
         L = R + lambda(phi) * D with phi ~ U[0, N-1] per item (the loss: ``tools.codec.train``).
-    fpnlink codec train-xscale --shards SHARDS --out CKPT [--warm-start LEARNED --steps --crop --resume ...]
+    fpnlink codec train-xscale --shards SHARDS --out CKPT [--warm-start LEARNED | --fine-tune CODEC
+        [--decoder-only]] [--steps --crop --resume ...]
         the cross-scale codec on aligned crops of all four scales, task-aware distortion
         (the loss: ``tools.codec.train_xscale``).
     fpnlink codec export --ckpt CKPT --out FILE [--half]
@@ -113,6 +114,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-start", type=Path, help="a learned-codec checkpoint to start the analysis and hyperprior from")
     p.add_argument("--pca-init", action="store_true", help="start the transforms as a PCA coder (latent/4 components "
                    "per position, fitted on the shards)")
+    p.add_argument("--fine-tune", type=Path, metavar="CODEC", help="start from every tensor of an exported xscale codec "
+                   "(e.g. shared/codec/assets/xscale-synthetic.pt); needs --lambdas")
+    p.add_argument("--decoder-only", action="store_true", help="with --fine-tune: train the synthesis side alone, so "
+                   "the bitstreams (and the rate models of a profile) stay as they are")
     p.add_argument("--resume", action="store_true", help="continue from --out when it exists")
     p.add_argument("--limit", type=int, help="use only the first LIMIT items")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -194,6 +199,9 @@ def _run_train_xscale(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         lambdas = _lambdas(args.lambdas)
+        if args.fine_tune and not lambdas:
+            raise ValueError("--fine-tune needs --lambdas, the distortion weights of the codec's gain levels (the "
+                             "shipped codec's are in its recipe, fpnlink.shared.codec.xscale.SYNTHETIC_CHECKPOINT)")
         settings = XScaleSettings(**{f.name: getattr(args, f.name) for f in fields(XScaleSettings)
                                      if f.name not in ("lambdas", "context", "hyper_gains")},
                                   lambdas=lambdas or XScaleSettings.lambdas, context=not args.no_context,
@@ -201,7 +209,7 @@ def _run_train_xscale(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         logged = train_xscale(FeatureShards(args.shards, args.limit), args.out, settings, args.resume,
                               args.warm_start, progress=not args.no_progress, pca_init=args.pca_init,
-                              retarget=lambdas if args.resume else None)
+                              retarget=lambdas if args.resume else None, fine_tune=args.fine_tune)
     except (ValueError, FpnlinkError, OSError) as exc:
         return _fail("train-xscale", exc)
     print(json.dumps({**logged, "checkpoint": str(args.out), "seconds": round(time.perf_counter() - started, 1)}))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,8 @@ class XScaleSettings:
         latent, hyper, hidden, decoder: architecture sizes (see ``CrossScaleConfig``).
         context: the cross-scale decoder path (False: the ablation without it).
         hyper_gains: scale the hyper-latent per level (``HyperGains``).
+        decoder_only: train the synthesis side alone (:meth:`CrossScaleHyperprior.synthesis_parameters`), so
+            that a fine-tuned codec writes the same bitstreams and rate models fitted on it stay true.
     """
 
     steps: int = 6000
@@ -126,6 +128,13 @@ class XScaleSettings:
     decoder: int = 64
     context: bool = True
     hyper_gains: bool = True
+    decoder_only: bool = False
+
+
+def _log_start(log: Path, entry: dict[str, Any]) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def pca_bases(shards: FeatureShards, mean: Tensor, std: Tensor, components: int, items: int = 200) -> Tensor:
@@ -157,7 +166,7 @@ def aligned_crops(maps: dict[str, list[Tensor]], batch: int, crop: int, generato
 
 def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, resume: bool = False,
                  warm_start: Path | None = None, progress: bool = True, pca_init: bool = False,
-                 retarget: tuple[float, ...] | None = None) -> dict[str, Any]:
+                 retarget: tuple[float, ...] | None = None, fine_tune: Path | None = None) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) a cross-scale model; appends its logged means to ``out``.log.
 
     Args:
@@ -165,11 +174,17 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
             new model.
         pca_init: start a new model's transforms as a PCA coder (``CrossScaleHyperprior.init_from_pca``).
         retarget: on resume, new distortion weights for the stored gain levels (as many).
+        fine_tune: an exported ``xscale`` codec (e.g. the shipped one) whose every tensor, gains and
+            architecture included, starts a new run; the way on when a run's training state is gone.
     """
     from tqdm import tqdm
 
     if settings.crop % ALIGN:
         raise ValueError(f"crop must be a multiple of {ALIGN}, got {settings.crop}")
+    if fine_tune is not None and (warm_start is not None or pca_init):
+        raise ValueError("--fine-tune starts from a whole codec; it does not combine with --warm-start or --pca-init")
+    if settings.decoder_only and fine_tune is None and not (resume and out.is_file()):
+        raise ValueError("--decoder-only trains the synthesis of an existing codec: give --fine-tune CODEC")
     log = out.with_suffix(".log")
     generator = torch.Generator().manual_seed(settings.seed)
     start, state = 0, None
@@ -186,6 +201,14 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
                                      "lambdas": tuple(lambdas)})
         start = int(state["step"])
         generator.set_state(state["generator"])
+    elif fine_tune is not None:
+        model = load_model(fine_tune, model_class=CrossScaleHyperprior)
+        config = model.config
+        if len(settings.lambdas) != config.num_gains:
+            raise ValueError(f"--lambdas: {fine_tune} has {config.num_gains} gain levels, got {len(settings.lambdas)}")
+        settings = replace(settings, latent=config.latent, hyper=config.hyper, hidden=config.hidden,
+                           decoder=config.decoder, context=config.context, hyper_gains=config.hyper_gains)
+        _log_start(log, {"fine_tune": str(fine_tune), "decoder_only": settings.decoder_only})
     else:
         config = CrossScaleConfig(latent=settings.latent, hyper=settings.hyper, hidden=settings.hidden,
                                   num_gains=len(settings.lambdas), decoder=settings.decoder,
@@ -199,14 +222,14 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
             torch.nn.init.constant_(branch.h_s.layers[-1].bias, INITIAL_SCALE_INDEX)
         if warm_start is not None:
             copied = model.warm_start(load_model(warm_start), skip=("gains.",))
-            logged_start = {"warm_start": str(warm_start), "tensors": len(copied)}
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a") as f:
-                f.write(json.dumps(logged_start) + "\n")
+            _log_start(log, {"warm_start": str(warm_start), "tensors": len(copied)})
     model.train()
+    trained = model.synthesis_parameters() if settings.decoder_only else list(model.named_parameters())
+    model.requires_grad_(False)
     groups: dict[float, list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
+    for name, param in trained:
         if not name.endswith("quantiles"):
+            param.requires_grad_(True)
             scale = next((v for part, v in LR_SCALES.items() if part in f".{name}"), 1.0)
             groups.setdefault(scale, []).append(param)
     optimizer = torch.optim.Adam([{"params": params, "scale": scale} for scale, params in sorted(groups.items())],
