@@ -7,6 +7,7 @@ written, every JSON key is present, and every number is finite or null with a re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from fpnlink.edge.operating_point import DEFAULT_BUDGET
 from fpnlink.shared.codec import make_codec
 from fpnlink.shared.codec.xscale import TINY_CHECKPOINT
-from fpnlink.shared.mfiba import GainPoint, load_profile, parse_budget
+from fpnlink.shared.mfiba import GainPoint, load_profile, parse_budget, shipped_profile
 from fpnlink.shared.mfiba.control import DEFAULT_TOLERANCE
 from fpnlink.shared.model import ModelConfig, load_bundle
 from fpnlink.tools import image_coding
@@ -207,6 +208,25 @@ class TestEdgeDefault:
         assert report["mfiba"]["profiles"]["0"]["weight_gains"] == [
             {"rate": 1.0, "gains": {"1": 4.0}}, {"rate": 8.0, "gains": {}}]
         assert report["edge_default"]["ran"]
+
+    def test_the_profile_shipped_for_the_codec_is_the_default(self, edge_report: tuple[dict[str, Any], Path, Path],
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        _, out, root = edge_report
+        shipped = tmp_path / "shipped"
+        shipped.mkdir()
+        load_profile(out / "profile_xscale_stream0.json").save(shipped / "xscale-random0.json")
+        monkeypatch.setattr(rd, "shipped_profile", functools.partial(shipped_profile, folder=shipped))
+        sources = {}
+        for calibrate in (False, True):
+            run = tmp_path / f"calibrate_{calibrate}"
+            rd.run_rd_bench(rd.RdSettings(
+                data=root, weights="random:0", out=run, quick=True, images=1, learned_codec="xscale",
+                learned_ckpt=str(TINY_CHECKPOINT), size=NET, calib_images=1, mfip_levels=3, detections_per_img=2,
+                calibrate=calibrate, configs=("edge_default",), progress=False, command="test"))
+            report = json.loads((run / "rd.json").read_text(), parse_constant=_no_nan)
+            sources[calibrate] = report["mfiba"]["profiles"]["0"]["source"]
+            assert (run / "profile_xscale_stream0.json").is_file() == calibrate
+        assert sources[False].startswith("shipped for xscale") and sources[True].startswith("calibrated on")
 
     def test_summary_of_a_report(self) -> None:
         entry = {"skipped": None, "detail": [{

@@ -43,8 +43,9 @@ computed is null with its reason.
 
 COCO mode: ``--data`` a folder with ``annotations/instances_val2017.json``,
 ``annotations/person_keypoints_val2017.json`` and ``val2017/``, with ``--weights coco`` (downloads
-torchvision's weights; it needs a connection). Without a train split the MFIBA profile is calibrated
-on val images after the evaluated ones, or read from ``--profile``.
+torchvision's weights; it needs a connection). The MFIBA profile is ``--profile``, else the one shipped for the
+codec and backbone (the edge's), else calibrated here (``--calibrate`` forces that): on train images, or
+without a train split on val images after the evaluated ones.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from fpnlink.shared.errors import FpnlinkError
 from fpnlink.shared.imageio import to_tensor
 from fpnlink.shared.mfiba import (
     FullMfip, Importance, Profile, RateController, calibrate, load_profile, parse_budget, quality_levels,
+    shipped_profile,
 )
 from fpnlink.shared.model import (
     TASK_ARCH, TRANSMITTED_SCALES, CloudHalf, EdgeHalf, ModelBundle, ModelConfig, load_bundle, shared_cloud_half,
@@ -126,6 +128,7 @@ class RdSettings:
     images: int | None = None
     rate_points: int | None = None
     profile: Path | None = None
+    calibrate: bool = False
     learned_codec: str = DEFAULT_LEARNED_CODEC
     learned_ckpt: str | None = None
     split: str = "val"
@@ -396,6 +399,10 @@ class RdBench:
                 if len(self.streams) == 1:
                     raise
                 self.notes.append(f"stream {stream.index}: {exc}; calibrating instead")
+        if profile is None and not s.calibrate:
+            shipped = shipped_profile(codec, stream.fingerprint)
+            if shipped is not None:
+                profile, source = shipped, f"shipped for {codec.name} on this backbone (what the edge uses)"
         if profile is None:
             tasks = [t for t in s.mfip_tasks if t in stream.tasks] or stream.tasks[:1]
             count = int(s.default("calib_images"))
@@ -703,7 +710,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = RdSettings(
         data=args.data, weights=args.weights, out=args.out, quick=args.quick, json_path=args.json,
-        images=args.images, rate_points=args.rate_points, profile=args.profile, learned_codec=args.learned_codec,
+        images=args.images, rate_points=args.rate_points, profile=args.profile, calibrate=args.calibrate, learned_codec=args.learned_codec,
         learned_ckpt=args.learned_ckpt,
         split=args.split, size=args.size, fps=args.fps, calib_images=args.calib_images, mfip_levels=args.mfip_levels,
         mfip_tasks=tuple(t.strip() for t in args.mfip_tasks.split(",") if t.strip()),
@@ -736,7 +743,10 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", type=Path, help="also write the JSON report here")
     parser.add_argument("--images", type=int, help="evaluate the first N images of the split (quick 8, else all)")
     parser.add_argument("--rate-points", type=int, help="rate points per configuration, 2..7 (quick 3, else 5)")
-    parser.add_argument("--profile", type=Path, help="MFIBA profile (`fpnlink mfiba calibrate`); else calibrated here")
+    parser.add_argument("--profile", type=Path, help="MFIBA profile (`fpnlink mfiba calibrate`); default: the one "
+                        "shipped for the codec and backbone, else calibrated here")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="calibrate a profile here even when one is shipped for the codec and backbone")
     parser.add_argument("--learned-codec", default=DEFAULT_LEARNED_CODEC, choices=("xscale", "learned"),
                         help=f"learned codec of (c) and (d) (default {DEFAULT_LEARNED_CODEC})")
     parser.add_argument("--learned-ckpt", help="its checkpoint (default: the shipped one; 'none' skips it)")
