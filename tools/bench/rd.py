@@ -710,8 +710,8 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = RdSettings(
         data=args.data, weights=args.weights, out=args.out, quick=args.quick, json_path=args.json,
-        images=args.images, rate_points=args.rate_points, profile=args.profile, calibrate=args.calibrate, learned_codec=args.learned_codec,
-        learned_ckpt=args.learned_ckpt,
+        images=args.images, rate_points=args.rate_points, profile=args.profile, calibrate=args.calibrate,
+        learned_codec=args.learned_codec, learned_ckpt=args.learned_ckpt,
         split=args.split, size=args.size, fps=args.fps, calib_images=args.calib_images, mfip_levels=args.mfip_levels,
         mfip_tasks=tuple(t.strip() for t in args.mfip_tasks.split(",") if t.strip()),
         detections_per_img=args.detections_per_img, max_batch=args.max_batch, device=args.device,

@@ -131,7 +131,7 @@ class XScaleSettings:
     decoder_only: bool = False
 
 
-def _log_start(log: Path, entry: dict[str, Any]) -> None:
+def _append_log(log: Path, entry: dict[str, Any]) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -208,7 +208,7 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
             raise ValueError(f"--lambdas: {fine_tune} has {config.num_gains} gain levels, got {len(settings.lambdas)}")
         settings = replace(settings, latent=config.latent, hyper=config.hyper, hidden=config.hidden,
                            decoder=config.decoder, context=config.context, hyper_gains=config.hyper_gains)
-        _log_start(log, {"fine_tune": str(fine_tune), "decoder_only": settings.decoder_only})
+        _append_log(log, {"fine_tune": str(fine_tune), "decoder_only": settings.decoder_only})
     else:
         config = CrossScaleConfig(latent=settings.latent, hyper=settings.hyper, hidden=settings.hidden,
                                   num_gains=len(settings.lambdas), decoder=settings.decoder,
@@ -222,7 +222,7 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
             torch.nn.init.constant_(branch.h_s.layers[-1].bias, INITIAL_SCALE_INDEX)
         if warm_start is not None:
             copied = model.warm_start(load_model(warm_start), skip=("gains.",))
-            _log_start(log, {"warm_start": str(warm_start), "tensors": len(copied)})
+            _append_log(log, {"warm_start": str(warm_start), "tensors": len(copied)})
     model.train()
     trained = model.synthesis_parameters() if settings.decoder_only else list(model.named_parameters())
     model.requires_grad_(False)
@@ -283,8 +283,7 @@ def train_xscale(shards: FeatureShards, out: Path, settings: XScaleSettings, res
                       "mse": means[1].tolist(), "task": means[2].tolist(),
                       "minutes": (time.monotonic() - started) / 60}
             sums.zero_()
-            with log.open("a") as f:
-                f.write(json.dumps(logged) + "\n")
+            _append_log(log, logged)
             save_checkpoint(model, optimizer, settings, step + 1, generator, meta, out)
         if out_of_time:
             break
