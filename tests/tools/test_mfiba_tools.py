@@ -19,6 +19,7 @@ from fpnlink.shared.errors import FingerprintMismatchError
 from fpnlink.shared.mfiba import BudgetedCoder, RateController, load_profile, parse_budget
 from fpnlink.shared.model import TRANSMITTED_SCALES
 from fpnlink.tools.cli import main
+from fpnlink.tools.mfiba_tune import choose_gains
 from fpnlink.tools.synth import generate_dataset, render_scene
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +77,7 @@ class TestTune:
         out = tmp_path / "tuned.json"
         code = main(["mfiba", "tune", str(profile_path), "--data", str(synth_dir), "--weights", "random:0",
                      "--out", str(out), "--images", "2", "--scales", "1", "--grid", "1,3", "--phis", "2,5",
-                     "--detections", "10", "--threads", "2", "--no-progress"])
+                     "--detections", "10", "--threads", "2", "--no-progress", "--min-ap-gain", "0"])
         assert code == 0
         tuned = load_profile(out)
         tuning = tuned.calibration["tuning"]
@@ -93,6 +94,28 @@ class TestTune:
         text = capsys.readouterr().out
         assert "P3 3" in text and "*" in text and f"wrote {out}" in text
         assert tuned.rate_phi.keys() == load_profile(profile_path).rate_phi.keys()
+
+        reselected = tmp_path / "reselected.json"
+        assert main(["mfiba", "tune", str(out), "--reselect", "--min-ap-gain", "2", "--out", str(reselected)]) == 0
+        again = load_profile(reselected)
+        assert [p.gains["1"] for p in again.weight_gains] == [1.0, 1.0]  # no AP win exceeds 2
+        assert again.calibration["tuning"]["candidates"] == rows and again.rate_phi == tuned.rate_phi
+
+    def test_choose_gains_keeps_the_untuned_row_unless_a_win_exceeds_the_margin(self):
+        untuned, other = {"1": 1.0}, {"1": 4.0}
+        table = [{"gains": untuned, "ap": [0.50, 0.60]}, {"gains": other, "ap": [0.52, 0.601]}]
+        assert choose_gains(table, 0.005) == [other, untuned]
+        assert choose_gains(table, 0.0) == [other, other]
+        assert choose_gains(table, 0.05) == [untuned, untuned]
+        with pytest.raises(ValueError, match="--min-ap-gain must be >= 0"):
+            choose_gains(table, -0.1)
+
+    def test_reselect_needs_a_tuning_table_and_data_otherwise(self, profile_path, tmp_path, capsys):
+        assert main(["mfiba", "tune", str(profile_path), "--reselect", "--out", str(tmp_path / "t.json")]) == 2
+        assert "has no tuning table" in capsys.readouterr().err
+        assert main(["mfiba", "tune", str(profile_path), "--out", str(tmp_path / "t.json")]) == 2
+        assert "--data is required (unless --reselect)" in capsys.readouterr().err
+        assert not (tmp_path / "t.json").exists()
 
     @pytest.mark.parametrize("args, message", [
         (["--scales", "7"], "--scales must name some of the profile's scales"),
