@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -35,9 +36,9 @@ _FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--codec-checkpoint", str, "weights of the learned codec (default: the shipped one); same backbone weights"),
     ("--max-frame-bytes", int, "largest serialized frame accepted (gRPC message limit)"),
     ("--max-upload-bytes", int, "largest /v1/analyze upload"),
-    ("--threads", int, "torch intra-op threads (set for the whole process)"),
-    ("--workers", int, "engine worker threads (batches run at once)"),
-    ("--max-batch-size", int, "most frames of one task set and input size run as one batch"),
+    ("--threads", int, "torch intra-op threads, set for the whole process (CPU default: cores / workers)"),
+    ("--workers", int, "engine worker threads, batches run at once (CPU default: cores / threads; else 1)"),
+    ("--max-batch-size", int, "most frames of one task set and input size run as one batch (CPU 1, else 8)"),
     ("--max-queue-delay-ms", float, "longest a frame waits for others of its kind once a worker is free"),
     ("--max-queue", int, "frames of all streams waiting for a batch (beyond: RESOURCE_EXHAUSTED + retry hint)"),
     ("--queue-deadline-s", float, "longest a frame waits in the queue (beyond: DEADLINE_EXCEEDED)"),
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.weights.startswith("random"):
         logger.warning("weights %r are random and UNTRAINED: results are labelled trained=false and mean nothing",
                        settings.weights)
+    settings = settings.for_process(len(os.sched_getaffinity(0)))
     if settings.threads is not None:  # the process owner sets torch's threads, once, for the whole process
         torch.set_num_threads(settings.threads)
     try:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
+import torch
 import uvicorn
 from grpc_health.v1 import health, health_pb2
 
@@ -265,11 +266,12 @@ class CloudService:
         self._settled = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._health_lock = asyncio.Lock()
-        self._executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="fpnlink-engine")
-        self._parse_executor = concurrent.futures.ThreadPoolExecutor(max(2, settings.workers),
+        workers = settings.workers or 1
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fpnlink-engine")
+        self._parse_executor = concurrent.futures.ThreadPoolExecutor(max(2, workers),
                                                                      thread_name_prefix="fpnlink-parse")
-        self._batcher = Batcher(self._engine_batch, self._executor, workers=settings.workers,
-                                max_batch_size=settings.max_batch_size,
+        self._batcher = Batcher(self._engine_batch, self._executor, workers=workers,
+                                max_batch_size=settings.batch_size(),
                                 max_delay_s=settings.max_queue_delay_ms / 1e3, max_queue=settings.max_queue,
                                 deadline_s=settings.queue_deadline_s, on_batch=self.metrics.record_batch)
         self._batcher.start()
@@ -321,9 +323,11 @@ class CloudService:
             self._engine = engine
             await self._sync_health()  # SERVING, unless the store went down meanwhile
             bundle = engine.bundle
-            logger.info("engine ready: weights %r (backbone %s), input %d/%d, device %s, tasks %s, codecs %s",
+            logger.info("engine ready: weights %r (backbone %s), input %d/%d, device %s (%d workers x %d torch "
+                        "threads, batches of up to %d), tasks %s, codecs %s",
                         bundle.weights, ",".join(sorted(set(bundle.backbone_fingerprints.values()))),
-                        bundle.config.min_size, bundle.config.max_size, engine.device, engine.tasks,
+                        bundle.config.min_size, bundle.config.max_size, engine.device, self.settings.workers or 1,
+                        torch.get_num_threads(), self.settings.batch_size(), engine.tasks,
                         ", ".join(f"{name} ({codec.fingerprint})" for name, codec in sorted(engine.codecs.items())))
         finally:
             self._settled.set()

@@ -7,6 +7,7 @@ import threading
 import grpc
 import httpx
 import pytest
+import torch
 from cloud_helpers import loopback_settings, make_frame
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
@@ -50,6 +51,7 @@ class TestReadiness:
         [ready] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine ready")]
         backbones = ",".join(sorted(set(tiny_bundle.backbone_fingerprints.values())))
         assert f"weights 'random:0' (backbone {backbones}), input 128/128, device cpu" in ready  # its operating point
+        assert f"(1 workers x {torch.get_num_threads()} torch threads, batches of up to 1)" in ready
         assert f"quant ({make_codec('quant').fingerprint})" in ready
 
     @staticmethod
@@ -150,6 +152,29 @@ class TestSettings:
         assert (settings.grpc_port, settings.http_port, settings.weights) == (50051, 8080, "random:0")
         assert settings.max_frame_bytes == 256 * 1024 * 1024
         assert settings.network_config().min_size == 800
+
+    @pytest.mark.parametrize("given, cores, expected", [
+        ({}, 2, (2, 1)),                                   # one worker per core at one thread
+        ({"workers": 1}, 4, (1, 4)),                       # one worker takes every core
+        ({"threads": 2}, 4, (2, 2)),
+        ({"workers": 3, "threads": 3}, 2, (3, 3)),         # both given: kept, even oversubscribed
+        ({}, 256, (64, 4)),                                # workers capped, the cores still used
+        ({"device": "cuda"}, 16, (1, None)),               # the device works: one worker, torch's threads
+        ({"device": "cuda:1", "workers": 2}, 16, (2, None)),
+    ])
+    def test_for_process_splits_the_cpu_cores(self, given, cores, expected):
+        settings = CloudSettings(**given).for_process(cores)
+        assert (settings.workers, settings.threads) == expected
+        assert CloudSettings(**given).workers == given.get("workers")  # embedded services: 1 when omitted
+
+    @pytest.mark.parametrize("given, expected", [({}, 1), ({"device": "cuda"}, 8), ({"max_batch_size": 4}, 4),
+                                                 ({"device": "cuda:0", "max_batch_size": 2}, 2)])
+    def test_batch_size_by_device(self, given, expected):
+        assert CloudSettings(**given).batch_size() == expected
+
+    def test_for_process_needs_a_core(self):
+        with pytest.raises(ValueError, match="cores must be >= 1"):
+            CloudSettings().for_process(0)
 
     @pytest.mark.parametrize("kwargs", [{"min_size": 900, "max_size": 800}, {"grpc_port": 70000}, {"workers": 0},
                                         {"max_frame_bytes": 2**31}, {"unknown": 1},

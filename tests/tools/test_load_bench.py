@@ -41,7 +41,7 @@ def test_comma_choices_parses_a_subset_and_refuses_the_rest():
     parse = comma_choices(PHASES)
     assert parse("unbatched, batched,unbatched") == ["unbatched", "batched"]
     for bad in ("batched,nope", ",", ""):
-        with pytest.raises(argparse.ArgumentTypeError, match="known: \\['batched', 'unbatched'\\]"):
+        with pytest.raises(argparse.ArgumentTypeError, match="known: \\['batched', 'defaults', 'unbatched'\\]"):
             parse(bad)
 
 
