@@ -9,7 +9,7 @@ import pytest
 from fpnlink.cloud.metrics import CloudMetrics
 from fpnlink.shared.wire import pb
 from fpnlink.tools.bench.common import comma_choices
-from fpnlink.tools.bench.load import PHASES, batch_histogram, rss_report
+from fpnlink.tools.bench.load import PHASES, batch_histogram, reference_report, rss_report
 from fpnlink.tools.bench.loadgen import stamp
 from fpnlink.tools.cli import main
 
@@ -28,6 +28,15 @@ def test_rss_growth_compares_the_first_and_last_window():
     assert report["window_s"] == 60.0
     assert report["first_mib"] == 100.0 and report["last_mib"] == 110.0 and report["growth"] == 0.1
     assert rss_report([], 10.0)["samples_mib"] == [] and "growth" not in rss_report([], 10.0)
+
+
+def test_reference_pools_the_passes_before_and_after_the_phases():
+    report = reference_report([([100.0, 300.0], [50.0, 150.0]), ([200.0, 400.0], [100.0, 100.0])])
+    assert report["separate_halves_ms"] == 250.0 and report["samples"] == 4
+    assert report["separate_halves_ms_per_pass"] == [200.0, 300.0]
+    assert report["frames_per_s_separate"] == 4.0
+    assert report["shared_pass_ms"] == 100.0 and report["shared_vs_separate"] == 2.5
+    assert "shared_pass_ms" not in reference_report([([100.0], [])])  # archs that share no heads
 
 
 def test_stamp_changes_only_the_ids():

@@ -6,8 +6,8 @@
     for each phase (defaults; batched: batches of up to 8; unbatched: one worker, batches of one):
         fpnlink-cloud serve (subprocess) ──> SERVING ──> N streams replay the templates for --duration s
         RSS of the server sampled every second; /metrics scraped at the end (batch-size histogram)
-    reference (--reference): in this process, the same frames decoded once, then the three per-task cloud
-        halves one after another, and the shared pass, per frame
+    reference (--reference), before the phases and again after them: in this process, the same frames
+        decoded, then the three per-task cloud halves one after another, and the shared pass, per frame
 
 The edge's cost is not measured: frames are encoded before the server starts. Reports frames/s, p50/p95/p99
 latency (send to answer), every status code seen, frames sent against answered (lost = sent - answered),
@@ -207,9 +207,10 @@ def run_phase(args: argparse.Namespace, name: str, templates: list[pb.FeatureFra
     }
 
 
-def reference_heads(bundle: ModelBundle, templates: list[pb.FeatureFrame], tasks: list[str], repeats: int) -> dict:
-    """In this process, per frame on the decoded features: the per-task cloud halves one after another, and
-    the shared pass when the bundle's architectures share their heads (ms, medians)."""
+def reference_samples(bundle: ModelBundle, templates: list[pb.FeatureFrame], tasks: list[str],
+                      repeats: int) -> tuple[list[float], list[float]]:
+    """In this process, per frame on the decoded features: ms of the per-task cloud halves one after another,
+    and of the shared pass when the bundle's architectures share their heads (else an empty list)."""
     archs = [TASK_ARCH[t] for t in tasks]
     halves = {arch: bundle.cloud_half(arch) for arch in archs}
     shared = shared_cloud_half([bundle.models[a] for a in archs])
@@ -230,8 +231,15 @@ def reference_heads(bundle: ModelBundle, templates: list[pb.FeatureFrame], tasks
                     start = time.perf_counter()
                     shared(features, sizes, originals)
                     together.append(1e3 * (time.perf_counter() - start))
+    return separate, together
+
+
+def reference_report(passes: list[tuple[list[float], list[float]]]) -> dict:
+    """Medians over every pass of :func:`reference_samples` (one before the phases, one after), and each pass's."""
+    separate = [ms for pass_ in passes for ms in pass_[0]]
+    together = [ms for pass_ in passes for ms in pass_[1]]
     report = {"separate_halves_ms": median_ms(separate), "frames_per_s_separate": round(1e3 / median_ms(separate), 3),
-              "samples": len(separate)}
+              "samples": len(separate), "separate_halves_ms_per_pass": [median_ms(p[0]) for p in passes]}
     if together:
         report.update(shared_pass_ms=median_ms(together),
                       shared_vs_separate=round(median_ms(separate) / median_ms(together), 3))
@@ -253,12 +261,14 @@ def run_load_bench(args: argparse.Namespace) -> dict:
         "phases": {},
         "machine": machine(),
     }
-    if args.reference:
-        report["reference"] = reference_heads(bundle, templates, tasks, args.reference_repeats)
-    del bundle
+    passes = [reference_samples(bundle, templates, tasks, args.reference_repeats)] if args.reference else []
     for name in args.phases:
         report["phases"][name] = run_phase(args, name, templates)
         write_json(args.json, report)  # partial results survive a later failure
+    if args.reference:  # again after the phases, so that both sides see the machine of the whole run
+        passes.append(reference_samples(bundle, templates, tasks, args.reference_repeats))
+        report["reference"] = reference_report(passes)
+    del bundle
     phases = report["phases"]
     if {"batched", "unbatched"} <= set(phases) and phases["unbatched"]["frames_per_s"]:
         report["batched_vs_unbatched"] = round(phases["batched"]["frames_per_s"] /
@@ -303,7 +313,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma-separated server configurations: {', '.join(PHASES)}")
     parser.add_argument("--reference", action="store_true",
                         help="also time the per-task cloud halves one after another (and the shared pass) here")
-    parser.add_argument("--reference-repeats", type=int, default=2, help="passes over the frames for --reference")
+    parser.add_argument("--reference-repeats", type=int, default=2, help="passes over the frames for --reference, before and after the phases each")
     parser.add_argument("--threads", type=int, default=0, help="torch threads here and in the server (0: default)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra fpnlink-cloud serve argument for every phase (repeatable), e.g. --server-arg=--workers=2")
