@@ -102,6 +102,7 @@ class CloudService:
         self._queued = 0
         self._loader = bundle_loader or load_settings_bundle
         self._engine: CloudEngine | None = None
+        self._workers = settings.workers or 1
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._parse_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._batcher: Batcher[PreparedFrame, pb.Result] | None = None
@@ -266,11 +267,10 @@ class CloudService:
         self._settled = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._health_lock = asyncio.Lock()
-        workers = settings.workers or 1
-        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fpnlink-engine")
-        self._parse_executor = concurrent.futures.ThreadPoolExecutor(max(2, workers),
+        self._executor = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="fpnlink-engine")
+        self._parse_executor = concurrent.futures.ThreadPoolExecutor(max(2, self._workers),
                                                                      thread_name_prefix="fpnlink-parse")
-        self._batcher = Batcher(self._engine_batch, self._executor, workers=workers,
+        self._batcher = Batcher(self._engine_batch, self._executor, workers=self._workers,
                                 max_batch_size=settings.batch_size(),
                                 max_delay_s=settings.max_queue_delay_ms / 1e3, max_queue=settings.max_queue,
                                 deadline_s=settings.queue_deadline_s, on_batch=self.metrics.record_batch)
@@ -326,7 +326,7 @@ class CloudService:
             logger.info("engine ready: weights %r (backbone %s), input %d/%d, device %s (%d workers x %d torch "
                         "threads, batches of up to %d), tasks %s, codecs %s",
                         bundle.weights, ",".join(sorted(set(bundle.backbone_fingerprints.values()))),
-                        bundle.config.min_size, bundle.config.max_size, engine.device, self.settings.workers or 1,
+                        bundle.config.min_size, bundle.config.max_size, engine.device, self._workers,
                         torch.get_num_threads(), self.settings.batch_size(), engine.tasks,
                         ", ".join(f"{name} ({codec.fingerprint})" for name, codec in sorted(engine.codecs.items())))
         finally:

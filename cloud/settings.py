@@ -147,7 +147,7 @@ class CloudSettings(BaseSettings):
         if not cores >= 1:
             raise ValueError(f"cores must be >= 1, got {cores}")
         workers, threads = self.workers, self.threads
-        if self.device.split(":")[0] == "cpu":
+        if self.on_cpu:
             if workers is None:
                 workers = min(MAX_WORKERS, max(1, cores // (threads or 1)))
             if threads is None:
@@ -163,7 +163,12 @@ class CloudSettings(BaseSettings):
         """
         if self.max_batch_size is not None:
             return self.max_batch_size
-        return 1 if self.device.split(":")[0] == "cpu" else 8
+        return 1 if self.on_cpu else 8
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether ``device`` is the CPU (``cpu``, ``cpu:0``)."""
+        return self.device.split(":")[0] == "cpu"
 
     def network_config(self) -> ModelConfig:
         """The ModelConfig the weights are built with."""
