@@ -18,6 +18,8 @@ from ..shared.model import ModelBundle
 
 DEFAULT_BUDGET = "0.6bpp"
 """The budget ``fpnlink-edge run`` and ``fpnlink demo`` use by default (its measured AP and bytes: NOTES.md)."""
+DEFAULT_MFIP = "fast"
+"""How scale importance is found under a budget by default (``fpnlink.shared.mfiba.make_importance`` modes)."""
 LINK_BUDGET = Budget("bits", 1.0, None, "link")
 """Placeholder budget of ``--max-kbps``: the link sets the real one before every frame."""
 

@@ -18,6 +18,7 @@ from ..shared.mfiba import parse_budget, parse_mfip_mode, shipped_profiles
 from ..shared.model import TASKS
 from ..shared.wire.convert import MAX_ID_LENGTH
 from .client import DEFAULT_MAX_FRAME_BYTES
+from .operating_point import DEFAULT_MFIP
 from .rate import parse_max_kbps
 from .spool import DEFAULT_LIVE_WINDOW_S, DEFAULT_QUOTA_BYTES, DEFAULT_TTL_S, FullPolicy
 
@@ -75,7 +76,7 @@ class EdgeSettings(BaseSettings):
     codec_checkpoint: Path | None = None
     phi: float | None = None
     budget: str | None = None
-    mfip: str = "fast"
+    mfip: str = DEFAULT_MFIP
     profile: Path | None = None
     min_size: int | None = Field(None, ge=32, le=4096)
     max_size: int | None = Field(None, ge=32, le=4096)

@@ -21,7 +21,7 @@ from PIL import Image
 from fpnlink.cloud.service import CloudService
 from fpnlink.cloud.settings import CloudSettings
 from fpnlink.edge import Client, EdgeAgent, EncodedFrame, ImageSource, SourceFrame
-from fpnlink.edge.operating_point import DEFAULT_BUDGET, budgeted_coder, choose_operating_point
+from fpnlink.edge.operating_point import DEFAULT_BUDGET, DEFAULT_MFIP, budgeted_coder, choose_operating_point
 from fpnlink.edge.results import ResultLog
 from fpnlink.edge.spool import Spool
 from fpnlink.edge.stream import StreamLoop
@@ -202,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--budget", default=None,
                         help=f"MFIBA frame budget (default {DEFAULT_BUDGET} where a profile ships for the codec and "
                              "weights, else the codec's default phi)")
-    parser.add_argument("--mfip", default="fast", help="scale importance under a budget: fast, full or uniform")
+    parser.add_argument("--mfip", default=DEFAULT_MFIP, help="scale importance under a budget: fast, full or uniform")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: detect,segment,keypoints")
     parser.add_argument("--images", type=int, default=4, help="number of generated scenes")
     parser.add_argument("--size", type=int, default=256,

@@ -67,7 +67,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from fpnlink.edge.operating_point import DEFAULT_BUDGET
+from fpnlink.edge.operating_point import DEFAULT_BUDGET, DEFAULT_MFIP
 from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, FeatureCodec, make_codec
 from fpnlink.shared.errors import FpnlinkError
 from fpnlink.shared.imageio import to_tensor
@@ -350,7 +350,7 @@ class RdBench:
         for name in ("mfiba_full", "mfiba_fast"):
             self.settings_of[name] = [{"budget_of": self.anchor, "point": i}
                                       for i in range(len(self.settings_of[self.anchor]))]
-        self.settings_of["edge_default"] = [{"budget": DEFAULT_BUDGET, "mfip": "fast"}]
+        self.settings_of["edge_default"] = [{"budget": DEFAULT_BUDGET, "mfip": DEFAULT_MFIP}]
         for name in IMAGE_FORMATS:
             self.settings_of[name] = [{"quality": float(q)} for q in spread(IMAGE_QUALITIES, count)]
 
