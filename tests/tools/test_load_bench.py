@@ -1,4 +1,4 @@
-"""bench load's report parts: the batch-size histogram from a real exposition, RSS growth, frame stamping."""
+"""bench load's report parts: the batch-size histogram from a real exposition, RSS growth, ratios, frame stamping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from fpnlink.cloud.metrics import CloudMetrics
 from fpnlink.shared.wire import pb
 from fpnlink.tools.bench.common import comma_choices
-from fpnlink.tools.bench.load import PHASES, batch_histogram, reference_report, rss_report
+from fpnlink.tools.bench.load import PHASES, batch_histogram, comparisons, reference_report, rss_report
 from fpnlink.tools.bench.loadgen import stamp
 from fpnlink.tools.cli import main
 
@@ -37,6 +37,16 @@ def test_reference_pools_the_passes_before_and_after_the_phases():
     assert report["frames_per_s_separate"] == 4.0
     assert report["shared_pass_ms"] == 100.0 and report["shared_vs_separate"] == 2.5
     assert "shared_pass_ms" not in reference_report([([100.0], [])])  # archs that share no heads
+
+
+def test_comparisons_divide_frames_per_second():
+    phases = {"defaults": {"frames_per_s": 1.2}, "batched": {"frames_per_s": 3.0}, "unbatched": {"frames_per_s": 2.0}}
+    reference = reference_report([([1000.0, 1000.0], [500.0, 600.0])])  # separate 1 frame/s, shared pass 550 ms
+    assert comparisons(phases, reference) == {"batched_vs_unbatched": 1.5, "service_vs_separate_halves": 1.2,
+                                              "service_vs_shared_pass": 0.66}
+    assert comparisons({"defaults": {"frames_per_s": 1.2}}, None) == {}
+    assert comparisons(phases, reference_report([([500.0], [])])) == {"batched_vs_unbatched": 1.5,
+                                                                       "service_vs_separate_halves": 0.6}
 
 
 def test_stamp_changes_only_the_ids():

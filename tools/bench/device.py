@@ -23,6 +23,7 @@ import torch
 from torchvision.ops import box_iou
 
 from fpnlink.cloud import CloudEngine
+from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC
 from fpnlink.shared.model import TASKS, ModelConfig, load_bundle
 from fpnlink.shared.wire import pb
 
@@ -89,7 +90,7 @@ def run_device_bench(args: argparse.Namespace) -> dict:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     config = ModelConfig(min_size=args.size, max_size=args.size, detections_per_img=args.detections_per_img)
     bundle = load_bundle(args.weights, config)
-    frames = encode_frames(bundle, args.size, args.frames, tasks, args.codec)
+    frames, operating_point = encode_frames(bundle, args.size, args.frames, tasks, args.codec)
     engine = CloudEngine(bundle, device=args.device, cache_size=0)
     prepared = [engine.prepare(f, f.ByteSize()) for f in frames]
     fps_one, reference = time_batches(engine, prepared, 1, args.repeats, None)
@@ -98,7 +99,7 @@ def run_device_bench(args: argparse.Namespace) -> dict:
         "bench": "device",
         "config": {"device": str(engine.device), "weights": args.weights, "trained": bundle.trained,
                    "input_size": args.size, "detections_per_img": args.detections_per_img, "tasks": tasks,
-                   "codec": args.codec, "frames": len(frames), "batch": args.batch, "repeats": args.repeats,
+                   "codec": args.codec, "operating_point": operating_point, "frames": len(frames), "batch": args.batch, "repeats": args.repeats,
                    "shared_heads": engine.shared_groups},
         "fp32": {"frames_per_s_batch1": fps_one, "frames_per_s_batched": fps_batched,
                  "batched_vs_batch1": round(fps_batched / fps_one, 3)},
@@ -137,7 +138,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=512, help="network-input size (min = max size), px")
     parser.add_argument("--detections-per-img", type=int, default=100, help="cap on detections per image")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks of every frame")
-    parser.add_argument("--codec", default="learned", help="codec of the pre-encoded frames")
+    parser.add_argument("--codec", default=DEFAULT_LEARNED_CODEC,
+                        help="codec of the pre-encoded frames, coded at the edge's default operating point")
     parser.add_argument("--frames", type=int, default=32, help="distinct frames")
     parser.add_argument("--batch", type=int, default=8, help="frames per batch in the batched runs")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes (after one warm-up pass)")

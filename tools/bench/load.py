@@ -2,7 +2,7 @@
 
 ::
 
-    pre-encode --frames scenes (edge half + codec, here, once) ──> templates
+    pre-encode --frames scenes (edge half + codec at the edge's default operating point, once) ──> templates
     for each phase (defaults; batched: batches of up to 8; unbatched: one worker, batches of one):
         fpnlink-cloud serve (subprocess) ──> SERVING ──> N streams replay the templates for --duration s
         RSS of the server sampled every second; /metrics scraped at the end (batch-size histogram)
@@ -12,7 +12,10 @@
 The edge's cost is not measured: frames are encoded before the server starts. Reports frames/s, p50/p95/p99
 latency (send to answer), every status code seen, frames sent against answered (lost = sent - answered),
 the batch-size histogram and RSS growth between the first and the last minute (or fifth, for short runs).
-The results store, when the server has one, is off: this measures the engine path.
+The results store, when the server has one, is off: this measures the engine path. With ``--reference``,
+``service_vs_separate_halves`` is the service's frames/s over the halves', and ``service_vs_shared_pass`` over
+the shared pass's alone (in this process, all threads): where the heads are the whole cost (a CPU), the shared
+pass is the service's ceiling, so the first ratio cannot exceed ``shared_vs_separate`` by much.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from fpnlink.edge import EdgeAgent
-from fpnlink.shared.codec import make_codec
+from fpnlink.edge.operating_point import DEFAULT_MFIP, budgeted_coder, choose_operating_point
+from fpnlink.shared.codec import DEFAULT_LEARNED_CODEC, make_codec
 from fpnlink.shared.model import TASK_ARCH, TASKS, ModelBundle, ModelConfig, load_bundle, shared_cloud_half
 from fpnlink.shared.wire import parse_frame, pb
 
@@ -66,10 +70,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def encode_frames(bundle: ModelBundle, size: int, count: int, tasks: list[str], codec: str) -> list[pb.FeatureFrame]:
-    """``count`` synthetic scenes at ``size`` px through the edge half and ``codec``."""
-    agent = EdgeAgent(bundle, make_codec(codec), tasks, stream_id="load")
-    return [agent.encode(scene(size, size, seed), seed + 1).frame for seed in range(count)]
+def encode_frames(bundle: ModelBundle, size: int, count: int, tasks: list[str],
+                  codec: str) -> tuple[list[pb.FeatureFrame], str]:
+    """``count`` synthetic scenes at ``size`` px through the edge half and ``codec`` at the edge's default
+    operating point (its default budget where a profile ships for the codec and backbone), and that point."""
+    feature_codec = make_codec(codec)
+    agent = EdgeAgent(bundle, feature_codec, tasks, stream_id="load")
+    point = choose_operating_point(feature_codec, agent.model_fingerprint)
+    rate_control = None if point.budget is None else \
+        budgeted_coder(point, feature_codec, DEFAULT_MFIP, agent.tasks, bundle)
+    frames = [agent.encode(scene(size, size, seed), seed + 1, rate_control=rate_control).frame
+              for seed in range(count)]
+    return frames, point.describe()
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -250,13 +262,13 @@ def run_load_bench(args: argparse.Namespace) -> dict:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bundle = load_bundle(args.weights, ModelConfig(min_size=args.size, max_size=args.size,
                                                    detections_per_img=args.detections_per_img))
-    templates = encode_frames(bundle, args.size, args.frames, tasks, args.codec)
+    templates, operating_point = encode_frames(bundle, args.size, args.frames, tasks, args.codec)
     report: dict = {
         "bench": "load",
         "config": {"streams": args.streams, "duration_s": args.duration, "in_flight": args.in_flight,
                    "weights": args.weights, "trained": bundle.trained, "input_size": args.size,
                    "detections_per_img": args.detections_per_img, "tasks": tasks,
-                   "codec": args.codec, "distinct_frames": len(templates),
+                   "codec": args.codec, "operating_point": operating_point, "distinct_frames": len(templates),
                    "frame_bytes": int(statistics.median(t.ByteSize() for t in templates))},
         "phases": {},
         "machine": machine(),
@@ -269,14 +281,22 @@ def run_load_bench(args: argparse.Namespace) -> dict:
         passes.append(reference_samples(bundle, templates, tasks, args.reference_repeats))
         report["reference"] = reference_report(passes)
     del bundle
-    phases = report["phases"]
-    if {"batched", "unbatched"} <= set(phases) and phases["unbatched"]["frames_per_s"]:
-        report["batched_vs_unbatched"] = round(phases["batched"]["frames_per_s"] /
-                                               phases["unbatched"]["frames_per_s"], 3)
-    if "reference" in report and "defaults" in phases:
-        report["service_vs_separate_halves"] = round(phases["defaults"]["frames_per_s"] /
-                                                     report["reference"]["frames_per_s_separate"], 3)
+    report.update(comparisons(report["phases"], report.get("reference")))
     return report
+
+
+def comparisons(phases: dict[str, dict], reference: dict | None) -> dict[str, float]:
+    """The report's ratios of frames/s: batched over unbatched, and the service's defaults over the separate
+    halves and over the shared pass of :func:`reference_report` (each where its parts were measured)."""
+    out = {}
+    if {"batched", "unbatched"} <= set(phases) and phases["unbatched"]["frames_per_s"]:
+        out["batched_vs_unbatched"] = round(phases["batched"]["frames_per_s"] / phases["unbatched"]["frames_per_s"], 3)
+    if reference is not None and "defaults" in phases:
+        service = phases["defaults"]["frames_per_s"]
+        out["service_vs_separate_halves"] = round(service / reference["frames_per_s_separate"], 3)
+        if "shared_pass_ms" in reference:
+            out["service_vs_shared_pass"] = round(service * reference["shared_pass_ms"] / 1e3, 3)
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -288,7 +308,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{name}: {phase['frames_per_s']} frames/s, latency {phase['latency_ms']}, codes "
               f"{phase['status_codes']}, sent {phase['sent']} answered {phase['answered']} lost {phase['lost']}, "
               f"batches {phase['batch_size_histogram']}, RSS growth {phase['rss'].get('growth')}")
-    for key in ("reference", "batched_vs_unbatched", "service_vs_separate_halves"):
+    for key in ("reference", "batched_vs_unbatched", "service_vs_separate_halves", "service_vs_shared_pass"):
         if key in report:
             print(f"{key}: {report[key]}")
     print(f"wrote {args.json}")
@@ -306,7 +326,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--detections-per-img", type=int, default=100,
                         help="cap on detections per image (the service's default 100; the tests use 5)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks every frame asks for")
-    parser.add_argument("--codec", default="learned", help="codec of the pre-encoded frames")
+    parser.add_argument("--codec", default=DEFAULT_LEARNED_CODEC,
+                        help="codec of the pre-encoded frames, coded at the edge's default operating point")
     parser.add_argument("--frames", type=int, default=8, help="distinct pre-encoded scenes, replayed")
     parser.add_argument("--in-flight", type=int, default=2, help="frames outstanding per stream")
     parser.add_argument("--phases", type=comma_choices(PHASES), default=list(PHASES),
