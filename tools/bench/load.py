@@ -334,8 +334,10 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
                         help=f"comma-separated server configurations: {', '.join(PHASES)}")
     parser.add_argument("--reference", action="store_true",
                         help="also time the per-task cloud halves one after another (and the shared pass) here")
-    parser.add_argument("--reference-repeats", type=int, default=2, help="passes over the frames for --reference, before and after the phases each")
+    parser.add_argument("--reference-repeats", type=int, default=2,
+                        help="passes over the frames for --reference, before and after the phases each")
     parser.add_argument("--threads", type=int, default=0, help="torch threads here and in the server (0: default)")
     parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra fpnlink-cloud serve argument for every phase (repeatable), e.g. --server-arg=--workers=2")
+                        help="extra fpnlink-cloud serve argument for every phase (repeatable), "
+                             "e.g. --server-arg=--workers=2")
     parser.set_defaults(func=_run)
